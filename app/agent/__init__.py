@@ -1,0 +1,1 @@
+"""Running the Claude Code CLI: argv (command), parsing (stream), processes (process)."""

@@ -1,0 +1,78 @@
+"""The Claude Code command line for one run (pure: no I/O)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# The kernel refuses one argument over 128 KiB (E2BIG); past this size the
+# prompt goes to the CLI's stdin instead, which it reads when no prompt is given.
+MAX_ARGV_PROMPT_BYTES = 100 * 1024
+
+# Never handed to the agent: a Bash tool could read the service's own token,
+# and CLAUDECODE makes a nested CLI think it runs inside another session.
+_WITHHELD_ENV = frozenset({"API_BEARER_TOKEN", "CLAUDECODE"})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCommand:
+    """What to exec: the argv, and the bytes for stdin (None: stdin is /dev/null)."""
+
+    argv: tuple[str, ...]
+    stdin: bytes | None
+
+
+def build_command(
+    *,
+    claude_bin: str,
+    prompt: str,
+    model: str,
+    permission_mode: str,
+    max_budget_usd: float,
+    agent: str | None = None,
+    resume_session_id: str | None = None,
+) -> AgentCommand:
+    """Build the argv of `claude -p` in stream-json mode for one prompt.
+
+    The options end with `--` so that a variadic option cannot swallow the
+    prompt and a prompt starting with `-` is still a prompt.
+    """
+    argv = [
+        claude_bin,
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--model",
+        model,
+        "--permission-mode",
+        permission_mode,
+        "--max-budget-usd",
+        _format_usd(max_budget_usd),
+    ]
+    if agent:
+        argv += ["--agent", agent]
+    if resume_session_id:
+        argv += ["--resume", resume_session_id]
+    argv.append("--")
+    encoded = prompt.encode()
+    if len(encoded) > MAX_ARGV_PROMPT_BYTES:
+        return AgentCommand(tuple(argv), encoded)
+    argv.append(prompt)
+    return AgentCommand(tuple(argv), None)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment: the service's own, minus what it must not see."""
+    return {k: v for k, v in environ.items() if k not in _WITHHELD_ENV}
+
+
+def current_child_environment() -> dict[str, str]:
+    return child_environment(os.environ)
+
+
+def _format_usd(amount: float) -> str:
+    # repr-free decimal: 2.0 -> "2", 0.25 -> "0.25", never "1e-05".
+    text = f"{amount:.6f}".rstrip("0").rstrip(".")
+    return text or "0"

@@ -1,0 +1,286 @@
+"""Running the CLI: spawn it in its own process group, read it, bound it, reap it.
+
+Everything that waits here has a limit. The agent runs as the leader of a new
+process group (`start_new_session=True`) so that its tools' processes can be
+killed with it: on timeout, on cancellation, and after every run, since a
+grandchild that outlives the CLI would otherwise hold the pipes and orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from app.agent.command import AgentCommand
+from app.agent.stream import STDERR_TAIL_BYTES, AgentResult, Event, StreamCollector
+
+logger = logging.getLogger(__name__)
+
+# asyncio's default line limit is 64 KiB; the CLI's lines are often longer. A
+# line over this is dropped (and counted); the reader buffers at most twice it.
+STDOUT_LINE_LIMIT_BYTES = 16 * 2**20
+# After the CLI's leader exits, stdout is read while it still yields lines, and
+# given up after this long with none (a grandchild may hold the pipe open).
+DRAIN_IDLE_S = 1.0
+# How long the CLI may take to exit after printing its result.
+EXIT_GRACE_S = 5.0
+# SIGTERM, this long for the group to go, SIGKILL, this long again.
+TERM_GRACE_S = 5.0
+KILL_WAIT_S = 2.0
+_POLL_S = 0.05
+
+Spawn = Callable[..., Awaitable[Any]]
+OnLine = Callable[[bytes, Event | None], Awaitable[None]]
+OnStart = Callable[[int], Awaitable[None]]
+
+# Clean-ups that must finish even if their caller is cancelled again.
+_background: set[asyncio.Task[None]] = set()
+
+
+class SpawnError(Exception):
+    """The CLI could not be started at all (missing binary, bad workspace)."""
+
+
+async def run_agent_process(
+    command: AgentCommand,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    spawn: Spawn,
+    on_line: OnLine | None = None,
+    on_start: OnStart | None = None,
+) -> AgentResult:
+    """Run one CLI process to its end and return the outcome.
+
+    `spawn` is `asyncio.create_subprocess_exec` (passed in by the caller so the
+    seam stays where the tests patch it). A timeout ends the run with
+    `timed_out`; a cancellation kills the group and propagates.
+    """
+    try:
+        proc = await spawn(
+            *command.argv,
+            stdin=asyncio.subprocess.PIPE
+            if command.stdin is not None
+            else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            limit=STDOUT_LINE_LIMIT_BYTES,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise SpawnError(_spawn_error_text(exc, command.argv[0], cwd)) from exc
+
+    collector = StreamCollector()
+    stderr = bytearray()
+    helpers = [asyncio.create_task(_drain_tail(proc.stderr, stderr))]
+    if command.stdin is not None:
+        helpers.append(asyncio.create_task(_feed_stdin(proc.stdin, command.stdin)))
+    exit_code: int | None = None
+    timed_out = False
+    try:
+        if on_start is not None and isinstance(proc.pid, int):
+            await on_start(proc.pid)
+        async with asyncio.timeout(timeout_s):
+            exit_code = await _read_until_done(proc, collector, on_line)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        cleanup = asyncio.create_task(_finish(proc, helpers))
+        _background.add(cleanup)
+        cleanup.add_done_callback(_background.discard)
+        await asyncio.shield(cleanup)
+    if exit_code is None and isinstance(proc.returncode, int):
+        exit_code = proc.returncode
+    return collector.finish(exit_code=exit_code, stderr=bytes(stderr), timed_out=timed_out)
+
+
+async def _read_until_done(
+    proc: Any, collector: StreamCollector, on_line: OnLine | None
+) -> int | None:
+    """Read stdout to the first `result` or EOF, and wait for the leader's exit.
+
+    Returns the exit code, or None when the CLI lingers after its result.
+    """
+    reader = asyncio.create_task(_read_lines(proc.stdout, collector, on_line))
+    waiter = asyncio.create_task(_leader_exit(proc))
+    try:
+        await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            # The leader is gone; read what it left, while it keeps coming.
+            while not reader.done():
+                seen = collector.lines
+                await asyncio.wait({reader}, timeout=DRAIN_IDLE_S)
+                if not reader.done() and collector.lines == seen:
+                    logger.warning("stdout still open after the CLI exited; a descendant holds it")
+                    break
+        if reader.done():
+            reader.result()
+        done, _ = await asyncio.wait({waiter}, timeout=EXIT_GRACE_S if collector.done else None)
+        if not done:
+            logger.warning("the CLI did not exit %.0fs after its result", EXIT_GRACE_S)
+            return None
+        return waiter.result()
+    finally:
+        for task in (reader, waiter):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(reader, waiter, return_exceptions=True)
+
+
+async def _leader_exit(proc: Any) -> int | None:
+    """The leader's exit code, as soon as it is reaped.
+
+    `Process.wait()` alone is not enough: on Python 3.11 it also waits for the
+    pipes to close, which a descendant holding them may never do.
+    """
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=_POLL_S)
+            if done:
+                code = waiter.result()
+                return code if isinstance(code, int) else None
+            if isinstance(proc.returncode, int):
+                return int(proc.returncode)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def _read_lines(stdout: Any, collector: StreamCollector, on_line: OnLine | None) -> None:
+    lines = aiter(stdout)
+    while not collector.done:
+        try:
+            line = await anext(lines)
+        except StopAsyncIteration:
+            return
+        except ValueError:
+            # StreamReader drops a line over its limit and raises; go on.
+            collector.oversized += 1
+            logger.warning("dropped a stdout line over %d bytes", STDOUT_LINE_LIMIT_BYTES)
+            continue
+        event = collector.feed(line)
+        if on_line is not None:
+            await on_line(line, event)
+
+
+async def _drain_tail(stream: Any, sink: bytearray) -> None:
+    """Read a stream to EOF so its pipe never fills, keeping only its tail."""
+    if isinstance(stream, asyncio.StreamReader):
+        while chunk := await stream.read(64 * 1024):
+            sink += chunk
+            del sink[:-STDERR_TAIL_BYTES]
+    else:  # anything else that offers read() (a wrapped pipe, a test double)
+        sink += (await stream.read())[-STDERR_TAIL_BYTES:]
+
+
+async def _feed_stdin(stdin: Any, data: bytes) -> None:
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        logger.warning("the CLI closed stdin before reading the whole prompt")
+    finally:
+        stdin.close()
+
+
+async def _finish(proc: Any, helpers: list[asyncio.Task[None]]) -> None:
+    """Kill what is left of the group, reap the leader, end the pipe readers."""
+    await terminate_group(proc)
+    _, pending = await asyncio.wait(helpers, timeout=KILL_WAIT_S) if helpers else ((), ())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*helpers, return_exceptions=True)
+
+
+async def terminate_group(proc: Any) -> None:
+    """SIGTERM the process group, wait, SIGKILL, wait; reap the leader.
+
+    Runs even when the leader has exited: its descendants share the group.
+    A test double without an int pid has no group to signal.
+    """
+    pgid = proc.pid
+    if not isinstance(pgid, int):
+        return
+    await _kill_group(pgid, proc)
+    if proc.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
+
+
+async def kill_group_by_id(pgid: int) -> bool:
+    """Kill a group recorded earlier (by a previous service process). True if it lived."""
+    return await _kill_group(pgid, None)
+
+
+async def _kill_group(pgid: int, leader: Any) -> bool:
+    if not _signal_group(pgid, signal.SIGTERM):
+        return False
+    if await _wait_gone(pgid, leader, TERM_GRACE_S):
+        return True
+    logger.warning("process group %d ignored SIGTERM for %.0fs; killing", pgid, TERM_GRACE_S)
+    _signal_group(pgid, signal.SIGKILL)
+    if not await _wait_gone(pgid, leader, KILL_WAIT_S):
+        logger.error("process group %d survived SIGKILL", pgid)
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send `sig` to the group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        logger.error("not allowed to signal process group %d", pgid)
+        return False
+    return True
+
+
+async def _wait_gone(pgid: int, leader: Any, timeout_s: float) -> bool:
+    """Wait until the leader (if ours) is reaped and no process of the group is left.
+
+    Polls: nothing signals that a process group has emptied.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leader_running = leader is not None and leader.returncode is None
+        if not leader_running and not group_alive(pgid):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if leader_running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leader.wait(), min(remaining, _POLL_S * 4))
+        else:
+            await asyncio.sleep(min(remaining, _POLL_S))
+
+
+def _spawn_error_text(exc: OSError, binary: str, cwd: Path) -> str:
+    if not cwd.is_dir():
+        return f"the workspace {cwd} does not exist or is not a directory"
+    if isinstance(exc, PermissionError):
+        return f"the Claude CLI {binary!r} is not executable"
+    return f"the Claude CLI {binary!r} was not found (set CLAUDE_BIN)"

@@ -1,0 +1,194 @@
+"""Parsing the CLI's stream-json output into an outcome (pure: no I/O).
+
+The CLI prints one JSON object per line: `system` (init), `assistant`, `user`,
+more `system` subtypes, and last a `result` event that carries the answer and
+the accounting. The first `result` decides the outcome; without one, the exit
+code and the raw output do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Raw (non-event) output kept for the no-`result` fallback; the rest is dropped.
+RAW_TEXT_LIMIT_BYTES = 1 * 2**20
+STDERR_TAIL_BYTES = 8 * 1024
+
+Event = dict[str, Any]
+
+
+def parse_line(line: bytes) -> Event | None:
+    """One stream-json event, or None for a line that is not one.
+
+    Blank lines, text, broken JSON and JSON that is not an object with a string
+    `type` are not events; the caller keeps them as raw output.
+    """
+    text = line.strip()
+    if not text.startswith(b"{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        return value
+    return None
+
+
+def is_failure(result: Event) -> bool:
+    """A result is a failure when it says so, whatever its `subtype` claims.
+
+    The real CLI reports API errors as `subtype: "success"` with
+    `is_error: true`, and limits as `subtype: "error_max_turns"` and the like.
+    """
+    subtype = result.get("subtype")
+    return result.get("is_error") is True or (
+        isinstance(subtype, str) and subtype.startswith("error")
+    )
+
+
+def result_message(result: Event) -> str:
+    """The CLI's own words for a result: `result`, else `errors`, else `subtype`."""
+    text = result.get("result")
+    if isinstance(text, str) and text.strip():
+        return text
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)
+    subtype = result.get("subtype")
+    if isinstance(subtype, str) and subtype:
+        return f"the CLI ended with {subtype}"
+    return ""
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Collapse whitespace to single spaces and cut to `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def tail_text(data: bytes, limit: int = STDERR_TAIL_BYTES) -> str:
+    return data[-limit:].decode(errors="replace").strip()
+
+
+@dataclass(slots=True)
+class AgentResult:
+    """How one run ended, with the CLI's own accounting when it gave any."""
+
+    ok: bool
+    text: str
+    result: Event | None = None
+    exit_code: int | None = None
+    stderr_tail: str = ""
+    timed_out: bool = False
+
+    def _get(self, key: str) -> Any:
+        return None if self.result is None else self.result.get(key)
+
+    @property
+    def session_id(self) -> str | None:
+        value = self._get("session_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def total_cost_usd(self) -> float | None:
+        value = self._get("total_cost_usd")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def num_turns(self) -> int | None:
+        value = self._get("num_turns")
+        return value if isinstance(value, int) else None
+
+    @property
+    def duration_ms(self) -> int | None:
+        value = self._get("duration_ms")
+        return value if isinstance(value, int) else None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        value = self._get("usage")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def permission_denials(self) -> list[Any] | None:
+        value = self._get("permission_denials")
+        return value if isinstance(value, list) else None
+
+
+@dataclass(slots=True)
+class StreamCollector:
+    """Feeds on stdout lines; keeps the first `result` and a bounded raw copy."""
+
+    result: Event | None = None
+    lines: int = 0
+    events: int = 0
+    oversized: int = 0
+    _raw: bytearray = field(default_factory=bytearray)
+    _raw_truncated: bool = False
+
+    def feed(self, line: bytes) -> Event | None:
+        """Take one line; return its event, if it is one. Read no more once `done`."""
+        self.lines += 1
+        event = parse_line(line)
+        if event is not None:
+            self.events += 1
+            if event["type"] == "result" and self.result is None:
+                self.result = event
+        if not self._raw_truncated:
+            if len(self._raw) + len(line) > RAW_TEXT_LIMIT_BYTES:
+                self._raw_truncated = True
+            else:
+                self._raw += line
+        return event
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def finish(
+        self, *, exit_code: int | None, stderr: bytes, timed_out: bool = False
+    ) -> AgentResult:
+        """Decide the outcome from what was read, the exit code and stderr."""
+        stderr_tail = tail_text(stderr)
+        if timed_out:
+            return AgentResult(
+                ok=False,
+                text="timed out",
+                result=self.result,
+                exit_code=exit_code,
+                stderr_tail=stderr_tail,
+                timed_out=True,
+            )
+        result = self.result if self.result is not None else self._whole_document(exit_code)
+        if result is not None:
+            failed = is_failure(result)
+            text = result_message(result) if failed else _answer(result)
+            if failed and not text:
+                text = stderr_tail or f"exit {exit_code}"
+            return AgentResult(not failed, text, result, exit_code, stderr_tail)
+        if exit_code != 0:
+            return AgentResult(
+                False, stderr_tail or f"exit {exit_code}", None, exit_code, stderr_tail
+            )
+        raw = self._raw.decode(errors="replace").strip()
+        return AgentResult(True, raw, None, exit_code, stderr_tail)
+
+    def _whole_document(self, exit_code: int | None) -> Event | None:
+        # A CLI in json mode, or a wrapper, may print one (pretty) object.
+        if exit_code != 0 or self._raw_truncated:
+            return None
+        try:
+            value = json.loads(self._raw)
+        except ValueError:
+            return None
+        if isinstance(value, dict) and (value.get("type") == "result" or "result" in value):
+            return value
+        return None
+
+
+def _answer(result: Event) -> str:
+    text = result.get("result")
+    return text if isinstance(text, str) else ""

@@ -1,0 +1,27 @@
+"""Dependencies shared by the routers, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.agent.run import RunAgent
+from app.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _run_agent(request: Request) -> RunAgent:
+    runner: RunAgent = request.app.state.run_agent
+    return runner
+
+
+def _is_busy(request: Request) -> Callable[[], bool]:
+    busy: Callable[[], bool] = request.app.state.is_busy
+    return busy
+
+
+RunAgentDep = Annotated[RunAgent, Depends(_run_agent)]
+IsBusyDep = Annotated[Callable[[], bool], Depends(_is_busy)]

@@ -1,0 +1,150 @@
+"""The OpenAI-compatible surface: `POST /v1/chat/completions`, `GET /v1/models`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.agent.process import SpawnError
+from app.agent.prompt import chat_prompt
+from app.agent.run import AgentBusy, AgentRun
+from app.agent.stream import AgentResult, one_line
+from app.api.deps import RunAgentDep, SettingsDep
+from app.auth import AuthDep
+from app.errors import ExecutionFailed, ServiceError
+from app.schemas.openai import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    Usage,
+)
+
+router = APIRouter(prefix="/v1", dependencies=[AuthDep], tags=["openai"])
+
+# How often a running chat checks whether its client went away.
+_DISCONNECT_POLL_S = 1.0
+# Suggested wait before retrying when the agent is busy.
+BUSY_RETRY_AFTER_S = 5
+
+
+@router.get("/models")
+async def list_models(settings: SettingsDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=name) for name in settings.models])
+
+
+@router.post("/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    settings: SettingsDep,
+    run_agent: RunAgentDep,
+) -> JSONResponse:
+    if body.stream:
+        raise ServiceError(
+            "streaming not supported: send stream=false, or use /execute and its events",
+            error="streaming not supported",
+        )
+    if body.n is not None and body.n != 1:
+        raise ServiceError("only n=1 is supported", error="invalid request")
+    model = body.model or settings.default_model
+    if model not in settings.models:
+        raise ServiceError(
+            f"model {model!r} is not supported",
+            error="unsupported model",
+            extra={"supported": list(settings.models)},
+        )
+    prompt, _ = chat_prompt(body.messages)
+    run = AgentRun(
+        prompt=prompt,
+        model=model,
+        max_budget_usd=settings.chat_max_budget_usd,
+        timeout_s=settings.chat_timeout_seconds,
+        agent=settings.chat_agent,
+    )
+    try:
+        result = await _until_disconnected(request, run_agent(run))
+    except AgentBusy:
+        raise ExecutionFailed(
+            "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
+        ) from None
+    except SpawnError as exc:
+        raise ExecutionFailed(str(exc)) from None
+    if result.timed_out:
+        raise ExecutionFailed(
+            f"the agent run timed out after {settings.chat_timeout_seconds:g}s "
+            "(CHAT_TIMEOUT_SECONDS)"
+        )
+    if not result.ok:
+        raise ExecutionFailed(one_line(result.text) or "the agent run failed")
+    completion = ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=model,
+        choices=[Choice(message=AssistantMessage(content=result.text))],
+        usage=openai_usage(result.usage),
+    )
+    return JSONResponse(completion.model_dump(), headers=_accounting_headers(result))
+
+
+def openai_usage(usage: dict[str, Any] | None) -> Usage:
+    """Map the CLI's token counts to OpenAI's: cache reads and writes are prompt tokens."""
+    usage = usage or {}
+
+    def count(key: str) -> int:
+        value = usage.get(key)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    cached = count("cache_read_input_tokens")
+    prompt = count("input_tokens") + count("cache_creation_input_tokens") + cached
+    completion = count("output_tokens")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
+
+
+def _accounting_headers(result: AgentResult) -> dict[str, str]:
+    headers = {}
+    if result.session_id:
+        headers["X-Claude-Session-Id"] = result.session_id
+    if result.total_cost_usd is not None:
+        headers["X-Claude-Cost-USD"] = str(result.total_cost_usd)
+    if result.num_turns is not None:
+        headers["X-Claude-Num-Turns"] = str(result.num_turns)
+    return headers
+
+
+async def _until_disconnected(request: Request, work: Any) -> AgentResult:
+    """Await the run; cancel it (killing the agent) if the client hangs up."""
+    task: asyncio.Task[AgentResult] = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ServiceError(
+                    "the client closed the connection; the run was cancelled",
+                    error="client closed request",
+                    status_code=499,
+                )
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,63 @@
+from app.agent.command import MAX_ARGV_PROMPT_BYTES, build_command, child_environment
+
+BASE = dict(claude_bin="claude", model="haiku", permission_mode="acceptEdits", max_budget_usd=2.0)
+
+
+def test_argv_is_in_the_documented_order_and_ends_options_with_double_dash() -> None:
+    command = build_command(prompt="hello", **BASE)
+    assert command.argv == (
+        "claude",
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--model",
+        "haiku",
+        "--permission-mode",
+        "acceptEdits",
+        "--max-budget-usd",
+        "2",
+        "--",
+        "hello",
+    )
+    assert command.stdin is None
+
+
+def test_agent_and_resume_come_before_the_double_dash() -> None:
+    command = build_command(prompt="p", agent="reviewer", resume_session_id="abc", **BASE)
+    argv = list(command.argv)
+    assert argv[argv.index("--agent") + 1] == "reviewer"
+    assert argv[argv.index("--resume") + 1] == "abc"
+    assert argv.index("--resume") < argv.index("--") == len(argv) - 2
+
+
+def test_a_prompt_that_looks_like_an_option_stays_after_the_double_dash() -> None:
+    command = build_command(prompt="--help me", **BASE)
+    assert command.argv[-2:] == ("--", "--help me")
+
+
+def test_budget_is_written_as_a_plain_decimal() -> None:
+    for amount, text in [(2.0, "2"), (0.25, "0.25"), (0.00001, "0.00001"), (12.5, "12.5")]:
+        argv = build_command(prompt="p", **{**BASE, "max_budget_usd": amount}).argv
+        assert argv[argv.index("--max-budget-usd") + 1] == text
+
+
+def test_a_prompt_over_the_argv_limit_goes_to_stdin() -> None:
+    prompt = "é" * (MAX_ARGV_PROMPT_BYTES // 2 + 1)  # over the limit in bytes, not in chars
+    command = build_command(prompt=prompt, **BASE)
+    assert command.argv[-1] == "--"
+    assert command.stdin == prompt.encode()
+
+
+def test_a_prompt_at_the_limit_stays_in_argv() -> None:
+    prompt = "a" * MAX_ARGV_PROMPT_BYTES
+    command = build_command(prompt=prompt, **BASE)
+    assert command.argv[-1] == prompt
+    assert command.stdin is None
+
+
+def test_child_environment_withholds_the_token_and_claudecode() -> None:
+    env = child_environment(
+        {"API_BEARER_TOKEN": "secret", "CLAUDECODE": "1", "PATH": "/bin", "HOME": "/root"}
+    )
+    assert env == {"PATH": "/bin", "HOME": "/root"}
