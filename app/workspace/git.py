@@ -124,6 +124,8 @@ async def sync_workspace(path: Path, *, timeout_s: float) -> str | None:
     )
     if pull.ok:
         return None
+    if pull.returncode is None:
+        return f"git pull timed out after {timeout_s:g}s (GIT_SYNC_TIMEOUT_SECONDS)"
     if (path / ".git" / "rebase-merge").exists() or (path / ".git" / "rebase-apply").exists():
         await run_git("rebase", "--abort", cwd=path, timeout_s=30)
     return " ".join(pull.output.split()) or f"git pull exited {pull.returncode}"

@@ -1,0 +1,107 @@
+"""`run_git_sync` against real git: a local bare remote and a second clone."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from app import main as app_main
+from app.workspace.git import sync_workspace
+from tests.conftest import git
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare remote with one commit on main, and the workspace cloned from it."""
+    bare = tmp_path / "remote.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=tmp_path)
+    seed = tmp_path / "seed"
+    git("clone", "--quiet", str(bare), str(seed), cwd=tmp_path)
+    (seed / "README").write_text("one\n")
+    git("add", "README", cwd=seed)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "one", cwd=seed)
+    git("push", "--quiet", "origin", "HEAD:main", cwd=seed)
+    git("clone", "--quiet", str(bare), str(tmp_path / "ws"), cwd=tmp_path)
+    return bare
+
+
+def push_change(remote: Path, tmp_path: Path, name: str, text: str) -> None:
+    other = tmp_path / f"other-{name}"
+    git("clone", "--quiet", str(remote), str(other), cwd=tmp_path)
+    (other / name).write_text(text)
+    git("add", name, cwd=other)
+    git("-c", "user.name=o", "-c", "user.email=o@o", "commit", "--quiet", "-m", name, cwd=other)
+    git("push", "--quiet", "origin", "HEAD:main", cwd=other)
+
+
+async def test_sync_picks_up_a_commit_pushed_by_someone_else(remote: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    push_change(remote, tmp_path, "news.txt", "fresh\n")
+    assert await sync_workspace(ws, timeout_s=30) is None
+    assert (ws / "news.txt").read_text() == "fresh\n"
+
+
+async def test_local_uncommitted_changes_survive_the_sync(remote: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "draft.txt").write_text("mine\n")
+    (ws / "README").write_text("one\nlocal edit\n")
+    push_change(remote, tmp_path, "news.txt", "fresh\n")
+    assert await sync_workspace(ws, timeout_s=30) is None
+    assert (ws / "news.txt").exists()
+    assert (ws / "README").read_text() == "one\nlocal edit\n"
+    assert (ws / "draft.txt").read_text() == "mine\n"
+
+
+async def test_a_conflict_aborts_the_rebase_and_keeps_the_local_state(
+    remote: Path, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    (ws / "README").write_text("local\n")
+    git("-c", "user.name=l", "-c", "user.email=l@l", "commit", "--quiet", "-am", "local", cwd=ws)
+    head = git("rev-parse", "HEAD", cwd=ws)
+    push_change(remote, tmp_path, "README", "theirs\n")
+    error = await sync_workspace(ws, timeout_s=30)
+    assert error and "conflict" in error.lower()
+    assert git("rev-parse", "HEAD", cwd=ws) == head
+    assert git("status", "--porcelain", cwd=ws) == ""
+    assert not (ws / ".git" / "rebase-merge").exists()
+
+
+async def test_a_workspace_without_origin_is_left_alone(workspace: Path) -> None:
+    assert await sync_workspace(workspace, timeout_s=5) is None
+
+
+async def test_an_unreachable_remote_is_an_error_not_a_failure(
+    remote: Path, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    git("remote", "set-url", "origin", str(tmp_path / "gone.git"), cwd=ws)
+    error = await sync_workspace(ws, timeout_s=30)
+    assert error and "gone.git" in error
+
+
+async def test_a_hanging_remote_is_bounded_by_the_timeout(remote: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    git("config", "remote.origin.uploadpack", "sleep 30; git-upload-pack", cwd=ws)
+    started = time.monotonic()
+    error = await sync_workspace(ws, timeout_s=1)
+    assert error == "git pull timed out after 1s (GIT_SYNC_TIMEOUT_SECONDS)"
+    assert time.monotonic() - started < 10
+
+
+async def test_run_git_sync_honours_git_sync_false(
+    remote: Path, tmp_path: Path, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("WORKSPACE_DIR", str(ws))
+    monkeypatch.setenv("GIT_SYNC", "false")
+    app_main.get_settings.cache_clear()
+    push_change(remote, tmp_path, "news.txt", "fresh\n")
+    await app_main.run_git_sync()
+    assert not (ws / "news.txt").exists()
+    monkeypatch.setenv("GIT_SYNC", "true")
+    app_main.get_settings.cache_clear()
+    await app_main.run_git_sync()
+    assert (ws / "news.txt").exists()
