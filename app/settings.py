@@ -36,6 +36,13 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=10 * 2**20, gt=0)
 
+    job_max_budget_usd: float = Field(default=5.0, gt=0)
+    job_timeout_seconds: float = Field(default=2700, ge=1)
+    max_queue_depth: int = Field(default=100, ge=1)
+    job_max_event_bytes: int = Field(default=64 * 2**20, ge=4096)
+    shutdown_grace_seconds: float = Field(default=30, ge=0)
+    job_retention_days: float = Field(default=30, gt=0)
+
     @field_validator("supported_models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:

@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from app.api import health, openai
+from app.api import health, jobs, openai
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(openai.router)
+api_router.include_router(jobs.router)

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.agent.run import RunAgent
+from app.errors import ServiceError
+from app.jobs.worker import JobRuntime
 from app.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -25,3 +27,17 @@ def _is_busy(request: Request) -> Callable[[], bool]:
 
 RunAgentDep = Annotated[RunAgent, Depends(_run_agent)]
 IsBusyDep = Annotated[Callable[[], bool], Depends(_is_busy)]
+
+
+def _jobs(request: Request) -> JobRuntime:
+    jobs: JobRuntime | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ServiceError(
+            "the job queue is not running (the app was started without its lifespan)",
+            error="service unavailable",
+            status_code=503,
+        )
+    return jobs
+
+
+JobsDep = Annotated[JobRuntime, Depends(_jobs)]

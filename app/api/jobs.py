@@ -1,0 +1,188 @@
+"""The job API: submit (`POST /execute`), inspect, list, cancel, and watch events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import JobsDep, SettingsDep
+from app.auth import AuthDep
+from app.errors import ServiceError
+from app.jobs.models import JobStatus, NewJob
+from app.jobs.store import IdempotencyConflict, QueueFull
+from app.jobs.worker import events_after
+from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
+
+router = APIRouter(dependencies=[AuthDep], tags=["jobs"])
+
+QUEUE_FULL_RETRY_AFTER_S = 30
+SSE_PING_S = 15
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    error = "not found"
+
+
+@router.post("/execute", status_code=202, response_model=JobAccepted)
+async def execute(
+    body: ExecuteRequest,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    model = body.model or settings.default_model
+    if model not in settings.models:
+        raise ServiceError(
+            f"model {model!r} is not supported",
+            error="unsupported model",
+            extra={"supported": list(settings.models)},
+        )
+    budget = body.max_budget_usd or settings.job_max_budget_usd
+    if budget > settings.job_max_budget_usd:
+        raise ServiceError(
+            f"max_budget_usd must be at most {settings.job_max_budget_usd:g} (JOB_MAX_BUDGET_USD)",
+            error="invalid request",
+        )
+    timeout_s = body.timeout_seconds or settings.job_timeout_seconds
+    if timeout_s > settings.job_timeout_seconds:
+        raise ServiceError(
+            f"timeout_seconds must be at most {settings.job_timeout_seconds:g} "
+            "(JOB_TIMEOUT_SECONDS)",
+            error="invalid request",
+        )
+    new = NewJob(
+        prompt=body.prompt,
+        model=model,
+        max_budget_usd=budget,
+        timeout_seconds=timeout_s,
+        agent=body.agent,
+        metadata=body.metadata,
+        resume_session_id=body.session_id,
+        idempotency_key=idempotency_key,
+        request_hash=_request_hash(body) if idempotency_key is not None else None,
+    )
+    try:
+        row, created = await jobs.store.submit(new, max_queued=settings.max_queue_depth)
+    except QueueFull:
+        raise ServiceError(
+            f"{settings.max_queue_depth} jobs are already queued (MAX_QUEUE_DEPTH)",
+            error="queue full",
+            status_code=429,
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        ) from None
+    except IdempotencyConflict:
+        raise ServiceError(
+            "this Idempotency-Key was used for a different request in the last 24 hours",
+            error="idempotency key reused",
+            status_code=422,
+        ) from None
+    if created:
+        jobs.worker.wake()
+    accepted = JobAccepted(
+        job_id=row["id"], status=row["status"], queue_position=row["queue_position"]
+    )
+    return JSONResponse(
+        accepted.model_dump(mode="json"),
+        status_code=202 if created else 200,
+        headers={"Location": f"/jobs/{row['id']}"},
+    )
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(
+    jobs: JobsDep,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: str | None = None,
+) -> JobList:
+    wanted = None
+    if status is not None:
+        try:
+            wanted = JobStatus(status)
+        except ValueError:
+            raise ServiceError(
+                f"unknown status {status!r}; one of: {', '.join(JobStatus)}",
+                error="invalid request",
+            ) from None
+    cursor = None
+    if before is not None:
+        if not before.isdigit():
+            raise ServiceError(
+                "before must be a cursor from a previous page", error="invalid request"
+            )
+        cursor = int(before)
+    rows, next_cursor = await jobs.store.list_jobs(status=wanted, limit=limit, before=cursor)
+    return JobList(
+        jobs=[JobView.of(r) for r in rows],
+        next=None if next_cursor is None else str(next_cursor),
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobView)
+async def get_job(job_id: str, jobs: JobsDep) -> JobView:
+    row = await jobs.store.get(job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id!r}")
+    return JobView.of(row)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
+    row = await jobs.store.get(job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id!r}")
+    if JobStatus(row["status"]).terminal:
+        raise _already_ended(job_id, row["status"])
+    if not await jobs.store.cancel_queued(job_id):
+        await jobs.worker.cancel(job_id)
+    row = await jobs.store.get(job_id)
+    assert row is not None
+    status = JobStatus(row["status"])
+    if status is JobStatus.CANCELLED:
+        return JobView.of(row)
+    if status.terminal:  # it ended on its own before the cancel reached it
+        raise _already_ended(job_id, status)
+    raise ServiceError(
+        f"job {job_id} is {status} and could not be cancelled yet; try again",
+        error="cancel pending",
+        status_code=409,
+    )
+
+
+def _already_ended(job_id: str, status: str) -> ServiceError:
+    return ServiceError(
+        f"job {job_id} already ended: {status}", error="job finished", status_code=409
+    )
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(
+    job_id: str,
+    jobs: JobsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    if await jobs.store.status(job_id) is None:
+        raise NotFound(f"no job {job_id!r}")
+    after = 0
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit():
+            raise ServiceError("Last-Event-ID must be an event id", error="invalid request")
+        after = int(last_event_id)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for seq, kind, data in events_after(jobs.store, jobs.hub, job_id, after):
+            yield ServerSentEvent(data=data, event=kind, id=str(seq))
+
+    return EventSourceResponse(stream(), ping=SSE_PING_S)
+
+
+def _request_hash(body: ExecuteRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()

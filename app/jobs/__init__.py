@@ -1,0 +1,1 @@
+"""Durable agent jobs: the model, the SQLite store, the worker."""

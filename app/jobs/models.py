@@ -1,0 +1,69 @@
+"""What a job is, and the states it moves through."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    """The life of a job. Only `queued` and `running` ever change again."""
+
+    QUEUED = "queued"
+    """Accepted and waiting for the worker, in submission order."""
+    RUNNING = "running"
+    """Claimed by the worker: the git sync and the CLI run are under way."""
+    COMPLETED = "completed"
+    """The CLI printed a successful `result`; `result` holds the answer."""
+    FAILED = "failed"
+    """The CLI reported an error, exited non-zero without a result, or could not start."""
+    TIMEOUT = "timeout"
+    """The run outlived its `timeout_seconds`; its process group was killed."""
+    CANCELLED = "cancelled"
+    """A caller cancelled it: before it ran, or by killing its process group."""
+    INTERRUPTED = "interrupted"
+    """The service stopped (or died) while it ran; it is not retried."""
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def utc_now() -> str:
+    """Now, as RFC 3339 in UTC with microseconds (sorts as text)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A submission, validated, ready to store."""
+
+    prompt: str
+    model: str
+    max_budget_usd: float
+    timeout_seconds: float
+    agent: str | None = None
+    metadata: dict[str, Any] | None = None
+    resume_session_id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a run ended, as the job record keeps it."""
+
+    status: JobStatus
+    result: str | None = None
+    is_error: bool | None = None
+    error: str | None = None
+    session_id: str | None = None
+    total_cost_usd: float | None = None
+    num_turns: int | None = None
+    duration_ms: int | None = None
+    usage: dict[str, Any] | None = None
+    permission_denials: list[Any] | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None

@@ -1,0 +1,347 @@
+"""The worker: runs queued jobs one at a time, records every event and outcome.
+
+One worker per service process. It takes the workspace lock before it claims a
+job, so a job never shows `running` while a chat completion holds the
+workspace, and chat completions get 503 while a job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.agent.process import OnLine, OnStart, SpawnError, kill_group_by_id
+from app.agent.run import AgentRun
+from app.agent.stream import AgentResult, Event
+from app.jobs.models import JobStatus, Outcome
+from app.jobs.store import JobStore, Row
+
+logger = logging.getLogger(__name__)
+
+# Events reach the store at most this late, or sooner once this many bytes wait.
+FLUSH_INTERVAL_S = 0.1
+FLUSH_BYTES = 256 * 1024
+# How long the worker sleeps when nothing wakes it (a safety net, not the path).
+IDLE_POLL_S = 5.0
+PRUNE_INTERVAL_S = 3600.0
+# How long a cancel request waits for the killed run to be recorded.
+CANCEL_WAIT_S = 15.0
+ERROR_TEXT_LIMIT = 4000
+INTERRUPTED_ERROR = "the service stopped while this job was running"
+
+
+class Execute(Protocol):
+    """Runs the agent in the workspace; the caller already holds the lock."""
+
+    def __call__(
+        self, run: AgentRun, *, on_line: OnLine | None, on_start: OnStart | None
+    ) -> Coroutine[Any, Any, AgentResult]: ...
+
+
+class JobEvents:
+    """Tells event streams that a job has new events; lossless for a waiter
+    that asks for its `Event` before reading the store."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def waiter(self, job_id: str) -> asyncio.Event:
+        return self._events.setdefault(job_id, asyncio.Event())
+
+    def notify(self, job_id: str) -> None:
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+
+class EventSink:
+    """Buffers a run's output lines and appends them to the store in batches."""
+
+    def __init__(self, store: JobStore, hub: JobEvents, job_id: str, max_bytes: int) -> None:
+        self._store = store
+        self._hub = hub
+        self._job_id = job_id
+        self._max_bytes = max_bytes
+        self._pending: list[tuple[str, str]] = []
+        self._pending_bytes = 0
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def on_line(self, line: bytes, event: Event | None) -> None:
+        text = line.decode(errors="replace").strip()
+        if not text:
+            return
+        if event is None:
+            kind, data = "raw", json.dumps({"type": "raw", "line": text})
+        else:
+            kind, data = str(event["type"]), text
+        self._pending.append((kind, data))
+        self._pending_bytes += len(data)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick())
+        if self._pending_bytes >= FLUSH_BYTES:
+            await self.flush()  # back-pressure: the CLI waits while the store writes
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            await self._store.append_events(self._job_id, batch, max_bytes=self._max_bytes)
+        self._hub.notify(self._job_id)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.flush()
+
+
+def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
+    """The job record of a finished run."""
+    if result.timed_out:
+        status = JobStatus.TIMEOUT
+        error: str | None = f"the run timed out after {timeout_s:g}s (timeout_seconds)"
+    elif result.ok:
+        status, error = JobStatus.COMPLETED, None
+    else:
+        status, error = JobStatus.FAILED, (result.text or "the agent run failed")[:ERROR_TEXT_LIMIT]
+    answer = result.result.get("result") if result.result else None
+    if result.ok and answer is None:
+        answer = result.text
+    return Outcome(
+        status=status,
+        result=answer if isinstance(answer, str) else None,
+        is_error=status is not JobStatus.COMPLETED,
+        error=error,
+        session_id=result.session_id,
+        total_cost_usd=result.total_cost_usd,
+        num_turns=result.num_turns,
+        duration_ms=result.duration_ms,
+        usage=result.usage,
+        permission_denials=result.permission_denials,
+        exit_code=result.exit_code,
+        stderr_tail=result.stderr_tail or None,
+    )
+
+
+def boot_id() -> str | None:
+    """This boot's id: a process group recorded under another boot is not ours."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+class Worker:
+    """Claims queued jobs in order and runs each under the workspace lock."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: JobEvents,
+        *,
+        execute: Execute,
+        workspace_lock: Callable[[], asyncio.Lock],
+        max_event_bytes: int,
+        retention: timedelta,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._execute = execute
+        self._workspace_lock = workspace_lock
+        self._max_event_bytes = max_event_bytes
+        self._retention = retention
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._current: tuple[str, asyncio.Task[AgentResult]] | None = None
+        self._cancel_reason: JobStatus | None = None
+        self._recorded: dict[str, asyncio.Event] = {}
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Mark jobs a dead predecessor left `running` as interrupted; kill their groups."""
+        this_boot = boot_id()
+        for row in await self._store.interrupt_running(INTERRUPTED_ERROR):
+            logger.warning("job %s was running when the service stopped: interrupted", row["id"])
+            pgid = row["pgid"]
+            ours = isinstance(pgid, int) and pgid > 1 and row["boot_id"] == this_boot
+            if ours and await kill_group_by_id(pgid):
+                logger.warning("killed process group %d left by job %s", pgid, row["id"])
+            self._hub.notify(row["id"])
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="job-worker")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; give the running job `grace_s`, then interrupt it."""
+        self._stopping = True
+        self._wake.set()
+        current = self._current
+        if current is not None:
+            _, run = current
+            done, _ = await asyncio.wait({run}, timeout=grace_s)
+            if not done:
+                logger.warning("shutting down: interrupting job %s", current[0])
+                self._cancel_reason = JobStatus.INTERRUPTED
+                run.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- cancelling ----------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel `job_id` if this worker runs it; wait (bounded) until it is recorded."""
+        current = self._current
+        if current is None or current[0] != job_id:
+            return False
+        recorded = self._recorded.setdefault(job_id, asyncio.Event())
+        self._cancel_reason = JobStatus.CANCELLED
+        current[1].cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(recorded.wait(), CANCEL_WAIT_S)
+        return True
+
+    # -- the loop --------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        next_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if loop.time() >= next_prune:
+                await self._prune()
+                next_prune = loop.time() + PRUNE_INTERVAL_S
+            self._wake.clear()
+            try:
+                if await self._run_next():
+                    continue
+            except Exception:
+                logger.exception("the job worker hit an error; going on")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+
+    async def _run_next(self) -> bool:
+        """Run the oldest queued job, if any; False when the queue is empty."""
+        if not await self._store.has_queued():
+            return False
+        async with self._workspace_lock():
+            if self._stopping:
+                return False
+            job = await self._store.claim_next()
+            if job is None:
+                return False
+            self._hub.notify(job["id"])
+            await self._run(job)
+        return True
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await self._store.prune(self._retention)
+        except Exception:
+            logger.exception("pruning old jobs failed")
+            return
+        if pruned:
+            logger.info("deleted %d jobs older than the retention period", pruned)
+
+    async def _run(self, job: Row) -> None:
+        job_id = job["id"]
+        sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes)
+        run = AgentRun(
+            prompt=job["prompt"],
+            model=job["model"],
+            max_budget_usd=job["max_budget_usd"],
+            timeout_s=job["timeout_seconds"],
+            agent=job["agent"],
+            resume_session_id=job["resume_session_id"],
+        )
+        current_boot = boot_id()
+
+        async def on_start(pgid: int) -> None:
+            await self._store.set_process_group(job_id, pgid, current_boot)
+
+        task = asyncio.create_task(self._execute(run, on_line=sink.on_line, on_start=on_start))
+        self._current = (job_id, task)
+        self._cancel_reason = None
+        logger.info("job %s started", job_id)
+        outcome: Outcome | None = None
+        try:
+            outcome = outcome_of(await task, run.timeout_s)
+        except asyncio.CancelledError:
+            reason = self._cancel_reason or JobStatus.INTERRUPTED
+            cancelled = reason is JobStatus.CANCELLED
+            error = "cancelled while running" if cancelled else INTERRUPTED_ERROR
+            outcome = Outcome(status=reason, is_error=True, error=error)
+            this = asyncio.current_task()
+            if this is not None and this.cancelling():
+                raise  # the worker itself is being cancelled; recorded below all the same
+        except SpawnError as exc:
+            outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=str(exc))
+        except Exception as exc:
+            logger.exception("job %s: the run raised", job_id)
+            error = f"internal error: {exc}"
+            outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
+        finally:
+            self._current = None
+            await asyncio.shield(self._record(job_id, sink, outcome))
+        logger.info("job %s ended: %s", job_id, outcome.status)
+
+    async def _record(self, job_id: str, sink: EventSink, outcome: Outcome | None) -> None:
+        try:
+            await sink.close()
+        except Exception:
+            logger.exception("could not store the last events of job %s", job_id)
+        final = outcome or Outcome(
+            status=JobStatus.INTERRUPTED, is_error=True, error=INTERRUPTED_ERROR
+        )
+        await self._store.finish(job_id, final)
+        self._hub.notify(job_id)
+        recorded = self._recorded.pop(job_id, None)
+        if recorded is not None:
+            recorded.set()
+
+
+async def events_after(
+    store: JobStore, hub: JobEvents, job_id: str, after: int, page: int = 500
+) -> AsyncIterator[tuple[int, str, str]]:
+    """Every event of a job after `after`, live, ending after the terminal status."""
+    while True:
+        changed = hub.waiter(job_id)
+        status = await store.status(job_id)
+        rows = await store.events(job_id, after=after, limit=page)
+        for row in rows:
+            yield row
+            after = row[0]
+        if rows:
+            continue
+        if status is None or status.terminal:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), IDLE_POLL_S)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRuntime:
+    """What the job API needs: the store, the event hub, the worker."""
+
+    store: JobStore
+    hub: JobEvents
+    worker: Worker

@@ -1,0 +1,106 @@
+"""Request and response models of the job API."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from app.jobs.models import JobStatus
+
+MAX_METADATA_BYTES = 16 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+class ExecuteRequest(BaseModel):
+    """`POST /execute`: a prompt for the agent and the limits of its run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: StrictStr
+    agent: StrictStr | None = None
+    model: StrictStr | None = None
+    max_budget_usd: Annotated[float, Field(strict=True, gt=0)] | None = None
+    timeout_seconds: Annotated[float, Field(strict=True, ge=1)] | None = None
+    metadata: dict[str, Any] | None = None
+    session_id: StrictStr | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("agent must be a name: letters, digits and _.:@/- only")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_is_uuid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("session_id must be a UUID") from None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    queue_position: int | None
+
+
+class JobView(BaseModel):
+    """A job as `GET /jobs/{job_id}` shows it; null where not known yet."""
+
+    job_id: str
+    status: JobStatus
+    prompt: str
+    agent: str | None
+    model: str
+    max_budget_usd: float
+    timeout_seconds: float
+    metadata: dict[str, Any] | None
+    queue_position: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result: str | None
+    is_error: bool | None
+    error: str | None
+    session_id: str | None
+    total_cost_usd: float | None
+    num_turns: int | None
+    duration_ms: int | None
+    usage: dict[str, Any] | None
+    permission_denials: list[Any] | None
+    exit_code: int | None
+    stderr_tail: str | None
+    events_truncated: bool
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> JobView:
+        return cls.model_validate(
+            {**row, "job_id": row["id"], "events_truncated": bool(row["events_truncated"])}
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next: str | None

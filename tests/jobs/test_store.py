@@ -1,0 +1,160 @@
+"""The SQLite job store on its own."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from app.jobs.models import JobStatus, NewJob, Outcome
+from app.jobs.store import IdempotencyConflict, JobStore, QueueFull
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    opened = await JobStore.open(tmp_path / "data")
+    yield opened
+    await opened.close()
+
+
+def new(prompt: str = "p", **kw: object) -> NewJob:
+    return NewJob(prompt=prompt, model="haiku", max_budget_usd=1, timeout_seconds=60, **kw)  # type: ignore[arg-type]
+
+
+def sql(tmp_path: Path, statement: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as conn:
+        return conn.execute(statement, args).fetchall()
+
+
+async def test_the_database_is_in_wal_mode_at_the_current_schema(
+    store: JobStore, tmp_path: Path
+) -> None:
+    assert sql(tmp_path, "PRAGMA journal_mode") == [("wal",)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(1,)]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    sql(tmp_path, "PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="newer than this service knows"):
+        await JobStore.open(tmp_path / "data")
+
+
+async def test_claims_take_the_oldest_queued_job_once(store: JobStore) -> None:
+    ids = [(await store.submit(new(f"p{i}"), max_queued=10))[0]["id"] for i in range(3)]
+    assert (await store.get(ids[2]))["queue_position"] == 2  # type: ignore[index]
+    assert await store.cancel_queued(ids[0])
+    claimed = await store.claim_next()
+    assert claimed is not None and claimed["id"] == ids[1] and claimed["status"] == "running"
+    assert not await store.cancel_queued(ids[1])  # running now: not the queue's to cancel
+    assert (await store.get(ids[2]))["queue_position"] == 0  # type: ignore[index]
+
+
+async def test_the_queue_bound_counts_only_queued_jobs(store: JobStore) -> None:
+    await store.submit(new(), max_queued=2)
+    await store.submit(new(), max_queued=2)
+    with pytest.raises(QueueFull):
+        await store.submit(new(), max_queued=2)
+    await store.claim_next()
+    await store.submit(new(), max_queued=2)
+
+
+async def test_an_idempotency_key_holds_for_24_hours(store: JobStore, tmp_path: Path) -> None:
+    first, created = await store.submit(new(idempotency_key="k", request_hash="h"), max_queued=9)
+    again, created_again = await store.submit(
+        new(idempotency_key="k", request_hash="h"), max_queued=9
+    )
+    assert created and not created_again and again["id"] == first["id"]
+    with pytest.raises(IdempotencyConflict):
+        await store.submit(new(idempotency_key="k", request_hash="other"), max_queued=9)
+    sql(tmp_path, "UPDATE jobs SET created_at = '2000-01-01T00:00:00.000000Z'")
+    later, created_later = await store.submit(
+        new(idempotency_key="k", request_hash="h"), max_queued=9
+    )
+    assert created_later and later["id"] != first["id"]
+
+
+async def test_finishing_writes_the_outcome_and_a_status_event_once(store: JobStore) -> None:
+    job, _ = await store.submit(new(), max_queued=9)
+    await store.claim_next()
+    outcome = Outcome(
+        status=JobStatus.FAILED, is_error=True, error="bad", exit_code=1, usage={"input_tokens": 3}
+    )
+    assert await store.finish(job["id"], outcome)
+    assert not await store.finish(job["id"], Outcome(status=JobStatus.COMPLETED))
+    row = await store.get(job["id"])
+    assert row is not None
+    assert (row["status"], row["error"], row["exit_code"], row["usage"]) == (
+        "failed",
+        "bad",
+        1,
+        {"input_tokens": 3},
+    )
+    events = await store.events(job["id"], after=0, limit=100)
+    statuses = [json.loads(data)["status"] for _, kind, data in events if kind == "status"]
+    assert statuses == ["queued", "running", "failed"]
+    assert [seq for seq, _, _ in events] == [1, 2, 3]
+
+
+async def test_events_past_the_cap_are_dropped_but_results_and_statuses_kept(
+    store: JobStore,
+) -> None:
+    job, _ = await store.submit(new(), max_queued=9)
+    await store.claim_next()
+    line = json.dumps({"type": "assistant", "pad": "x" * 100})
+    await store.append_events(job["id"], [("assistant", line)] * 5, max_bytes=300)
+    await store.append_events(
+        job["id"], [("assistant", line), ("result", '{"type": "result"}')], max_bytes=300
+    )
+    await store.finish(job["id"], Outcome(status=JobStatus.COMPLETED))
+    kinds = [kind for _, kind, _ in await store.events(job["id"], after=0, limit=100)]
+    assert kinds == ["status", "status", "assistant", "assistant", "truncated", "result", "status"]
+    row = await store.get(job["id"])
+    assert row is not None and row["events_truncated"] == 1 and row["events_dropped"] == 4
+
+
+async def test_restart_marks_running_jobs_interrupted(store: JobStore) -> None:
+    job, _ = await store.submit(new(), max_queued=9)
+    waiting, _ = await store.submit(new(), max_queued=9)
+    await store.claim_next()
+    await store.set_process_group(job["id"], 12345, "boot")
+    (found,) = await store.interrupt_running("stopped")
+    assert found == {"id": job["id"], "pgid": 12345, "boot_id": "boot"}
+    assert (await store.status(job["id"])) is JobStatus.INTERRUPTED
+    assert (await store.status(waiting["id"])) is JobStatus.QUEUED
+
+
+async def test_prune_deletes_only_old_finished_jobs_and_their_events(
+    store: JobStore, tmp_path: Path
+) -> None:
+    old, _ = await store.submit(new(), max_queued=9)
+    await store.cancel_queued(old["id"])
+    recent, _ = await store.submit(new(), max_queued=9)
+    await store.cancel_queued(recent["id"])
+    queued, _ = await store.submit(new(), max_queued=9)
+    sql(
+        tmp_path,
+        "UPDATE jobs SET finished_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?",
+        old["id"],
+    )
+    assert await store.prune(timedelta(days=30)) == 1
+    assert await store.get(old["id"]) is None
+    assert await store.events(old["id"], after=0, limit=10) == []
+    assert await store.get(recent["id"]) is not None and await store.get(queued["id"]) is not None
+
+
+async def test_listing_pages_newest_first(store: JobStore) -> None:
+    ids = [(await store.submit(new(), max_queued=9))[0]["id"] for _ in range(5)]
+    page, cursor = await store.list_jobs(status=None, limit=2, before=None)
+    assert [r["id"] for r in page] == [ids[4], ids[3]]
+    seen = [r["id"] for r in page]
+    while cursor is not None:
+        page, cursor = await store.list_jobs(status=None, limit=2, before=cursor)
+        seen += [r["id"] for r in page]
+    assert seen == ids[::-1]
+    queued, _ = await store.list_jobs(status=JobStatus.QUEUED, limit=10, before=None)
+    assert [r["queue_position"] for r in queued] == [4, 3, 2, 1, 0]
