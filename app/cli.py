@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +49,9 @@ def serve(*, host: str | None, port: int | None) -> int:
         )
         return EXIT_CONFIG
     try:
-        ensure_workspace(settings.workspace_dir)
+        ensure_workspace(
+            settings.workspace_dir, repo_url=settings.git_repo_url, branch=settings.git_branch
+        )
     except WorkspaceError as exc:
         _fail(redact(str(exc)))
         return EXIT_WORKSPACE
@@ -57,7 +60,7 @@ def serve(*, host: str | None, port: int | None) -> int:
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_config=_log_config(),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
     server = uvicorn.Server(config)
     server.run()

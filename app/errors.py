@@ -77,10 +77,11 @@ _HTTP_PHRASES = {
 
 
 def _validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic's errors, minus the parts that leak internals or cannot be serialised."""
+    """Pydantic's errors, minus what leaks internals or may not serialise (the
+    `input` echoed back can hold NaN, which JSON cannot)."""
     cleaned = []
     for err in errors:
-        item = {k: v for k, v in dict(err).items() if k not in ("url", "ctx")}
+        item = {k: v for k, v in dict(err).items() if k not in ("url", "ctx", "input")}
         cleaned.append(item)
     result: list[dict[str, Any]] = jsonable_encoder(cleaned)
     return result

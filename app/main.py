@@ -12,15 +12,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
 
 from app import __version__
 from app.agent import process
 from app.agent.command import build_command, current_child_environment
-from app.agent.run import AgentBusy, AgentRun
+from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
+from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
+from app.auth import BearerAuth
 from app.errors import install_error_handlers
 from app.jobs.store import JobStore
 from app.jobs.worker import JobEvents, JobRuntime, Worker
@@ -32,24 +35,35 @@ logger = logging.getLogger(__name__)
 
 # One agent run at a time per workspace; a run that finds it held is refused.
 execution_lock = asyncio.Lock()
+_fetch_throttle = git.FetchThrottle()
+# At shutdown, how long cancelled runs get to kill their process groups and push.
+_CLEANUP_GRACE_S = 60.0
+# Runs for requests, so that shutdown can end them cleanly (jobs: the worker).
+_chat_runs: set[asyncio.Task[Any]] = set()
 
 
-async def run_git_sync() -> None:
+async def run_git_sync() -> str | None:
     """Bring the workspace up to date with its remote before a run.
 
-    A failure is logged and the run goes on with the local state.
+    Returns None, or the error of a failed sync (logged; the run goes on with
+    the local state unless GIT_SYNC_REQUIRED).
     """
     settings = get_settings()
     if not settings.git_sync:
-        return
+        return None
     error = await git.sync_workspace(
-        settings.workspace_dir, timeout_s=settings.git_sync_timeout_seconds
+        settings.workspace_dir,
+        timeout_s=settings.git_sync_timeout_seconds,
+        branch=settings.git_branch,
+        min_interval_s=settings.git_sync_min_interval_seconds,
+        throttle=_fetch_throttle,
     )
     if error:
-        logger.warning("git sync failed; running on the local state: %s", error)
+        logger.warning("git sync failed: %s", error)
+    return error
 
 
-async def run_agent(run: AgentRun) -> AgentResult:
+async def run_agent(run: AgentRun, *, report: git.GitReport | None = None) -> AgentResult:
     """Run the agent once for a request: take the workspace, or fail at once.
 
     Raises `AgentBusy` if another run (a chat or a job) holds the workspace.
@@ -58,18 +72,34 @@ async def run_agent(run: AgentRun) -> AgentResult:
     if lock.locked():
         raise AgentBusy
     async with lock:
-        return await run_in_workspace(run)
+        this = asyncio.current_task()
+        assert this is not None
+        _chat_runs.add(this)
+        try:
+            return await run_in_workspace(run, report=report)
+        finally:
+            _chat_runs.discard(this)
 
 
 async def run_in_workspace(
     run: AgentRun,
     *,
+    report: git.GitReport | None = None,
     on_line: process.OnLine | None = None,
     on_start: process.OnStart | None = None,
 ) -> AgentResult:
-    """Sync the workspace and run the CLI in it; the caller holds `execution_lock`."""
-    await run_git_sync()
+    """Sync the workspace, run the CLI in it, publish its work; the caller holds
+    `execution_lock`. `report` is filled in even when the run is cancelled."""
     settings = get_settings()
+    report = report if report is not None else git.GitReport()
+    error = await run_git_sync()
+    if isinstance(error, str):  # (a patched sync may return anything)
+        report.sync_error = error
+        if settings.git_sync_required:
+            raise SyncFailed(error)
+    workspace = git.Git(settings.workspace_dir, settings.git_sync_timeout_seconds)
+    if settings.git_push:
+        report.head_before = await workspace.head()
     command = build_command(
         claude_bin=settings.claude_bin,
         prompt=run.prompt,
@@ -79,15 +109,38 @@ async def run_in_workspace(
         agent=run.agent,
         resume_session_id=run.resume_session_id,
     )
-    return await process.run_agent_process(
-        command,
-        cwd=settings.workspace_dir,
-        env=current_child_environment(),
-        timeout_s=run.timeout_s,
-        spawn=asyncio.create_subprocess_exec,
-        on_line=on_line,
-        on_start=on_start,
-    )
+    try:
+        return await process.run_agent_process(
+            command,
+            cwd=settings.workspace_dir,
+            env=current_child_environment(),
+            timeout_s=run.timeout_s,
+            spawn=asyncio.create_subprocess_exec,
+            on_line=on_line,
+            on_start=on_start,
+        )
+    finally:
+        if settings.git_push:
+            await complete_even_if_cancelled(
+                git.publish(
+                    settings.workspace_dir,
+                    report,
+                    branch=settings.git_branch,
+                    subject=git.commit_subject(run.summary or run.prompt, run.label),
+                    run_id=run.run_id,
+                    author=(settings.git_author_name, settings.git_author_email),
+                    timeout_s=settings.git_sync_timeout_seconds,
+                )
+            )
+
+
+async def _end_chat_runs() -> None:
+    """Cancel the runs of requests uvicorn gave up on, and wait for their clean-up."""
+    runs = set(_chat_runs)
+    for task in runs:
+        task.cancel()
+    if runs:
+        await asyncio.wait(runs, timeout=_CLEANUP_GRACE_S)
 
 
 def _workspace_lock() -> asyncio.Lock:
@@ -104,7 +157,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     if settings.bearer_token is None:
         raise RuntimeError("API_BEARER_TOKEN is not set; refusing to serve without auth")
-    await asyncio.to_thread(git.ensure_workspace, settings.workspace_dir)
+    await asyncio.to_thread(
+        git.ensure_workspace,
+        settings.workspace_dir,
+        repo_url=settings.git_repo_url,
+        branch=settings.git_branch,
+    )
     store = await JobStore.open(settings.data_dir)
     hub = JobEvents()
     worker = Worker(
@@ -123,13 +181,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await worker.stop(settings.shutdown_grace_seconds)
+        await _end_chat_runs()
+        left = await drain(_CLEANUP_GRACE_S)
+        if left:
+            logger.error("%d clean-ups (process kills, pushes) did not finish at shutdown", left)
         app.state.jobs = None
         await store.close()
 
 
-app = FastAPI(title="Claude Agent Service", version=__version__, lifespan=lifespan)
+# The OpenAPI schema is served (behind auth) at /openapi.json; the HTML docs
+# are off: they would fetch the schema without the token.
+app = FastAPI(
+    title="Claude Agent Service",
+    version=__version__,
+    lifespan=lifespan,
+    docs_url=None,
+    redoc_url=None,
+)
 app.state.run_agent = run_agent
 app.state.is_busy = is_busy
 install_error_handlers(app)
 app.include_router(api_router)
 app.add_middleware(BodySizeLimit, max_bytes=lambda: get_settings().max_request_bytes)
+app.add_middleware(  # outermost: refuse strangers before reading anything
+    BearerAuth, token=lambda: get_settings().bearer_token, open_paths=frozenset({"/health"})
+)

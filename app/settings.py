@@ -31,8 +31,15 @@ class Settings(BaseSettings):
     chat_max_budget_usd: float = Field(default=2.0, gt=0)
     chat_timeout_seconds: float = Field(default=900, gt=0)
 
+    git_repo_url: str | None = None
+    git_branch: str | None = None
     git_sync: bool = True
     git_sync_timeout_seconds: float = Field(default=60, gt=0)
+    git_sync_min_interval_seconds: float = Field(default=0, ge=0)
+    git_sync_required: bool = False
+    git_push: bool = False
+    git_author_name: str = "Claude Agent Service"
+    git_author_email: str = "agent-service@localhost"
 
     max_request_bytes: int = Field(default=10 * 2**20, gt=0)
 
@@ -50,7 +57,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("chat_agent", mode="before")
+    @field_validator("chat_agent", "git_repo_url", "git_branch", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,31 @@ def group_members(pgid: int) -> list[int]:
         if int(group) == pgid and not stat.startswith("Z"):
             members.append(int(pid))
     return members
+
+
+def make_remote(root: Path, branch: str = "main") -> Path:
+    """A bare repository with one commit (README) on `branch`."""
+    bare = root / "remote.git"
+    git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(bare), cwd=root)
+    seed = root / "seed-clone"
+    git("clone", "--quiet", str(bare), str(seed), cwd=root)
+    git("checkout", "--quiet", "-B", branch, cwd=seed)
+    (seed / "README").write_text("one\n")
+    git("add", "README", cwd=seed)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "one", cwd=seed)
+    git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=seed)
+    return bare
+
+
+def push_change(remote: Path, root: Path, name: str, text: str, branch: str = "main") -> str:
+    """Commit `name` with `text` from another clone and push it; return the commit."""
+    other = root / f"other-{uuid.uuid4().hex[:8]}"
+    git("clone", "--quiet", "--branch", branch, str(remote), str(other), cwd=root)
+    (other / name).write_text(text)
+    git("add", name, cwd=other)
+    git("-c", "user.name=o", "-c", "user.email=o@o", "commit", "--quiet", "-m", name, cwd=other)
+    git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=other)
+    return git("rev-parse", "HEAD", cwd=other)
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +167,19 @@ class Server:
 
 
 def start_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -> Server:
-    """Start `python -m app serve` and wait (bounded) until /health answers."""
+    """Start `python -m app serve` and wait (bounded) until /health answers.
+
+    A free port can be taken between finding it and binding it (by any
+    outgoing connection's local port); then it tries another, three times.
+    """
+    for _ in range(3):
+        server = _start_once(env, log_path, cwd)
+        if server is not None:
+            return server
+    raise RuntimeError(f"no free port after three tries:\n{log_path.read_text()}")
+
+
+def _start_once(env: dict[str, str], log_path: Path, cwd: Path | None) -> Server | None:
     port = free_port()
     full_env = {**os.environ, **env}
     log = log_path.open("ab")
@@ -158,6 +196,8 @@ def start_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if "address already in use" in server.log():
+                return None
             raise RuntimeError(f"server exited {proc.returncode}:\n{server.log()}")
         try:
             if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:

@@ -14,18 +14,26 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from app.agent.command import AgentCommand
-from app.agent.stream import STDERR_TAIL_BYTES, AgentResult, Event, StreamCollector
+from app.agent.stream import (
+    STDERR_TAIL_BYTES,
+    AgentResult,
+    Event,
+    LineFramer,
+    StreamCollector,
+)
+from app.aio import complete_even_if_cancelled
 
 logger = logging.getLogger(__name__)
 
-# asyncio's default line limit is 64 KiB; the CLI's lines are often longer. A
-# line over this is dropped (and counted); the reader buffers at most twice it.
+# The CLI's lines are often longer than asyncio's 64 KiB line limit, so lines
+# are framed here; one over this is dropped (and logged), never buffered whole.
 STDOUT_LINE_LIMIT_BYTES = 16 * 2**20
+_CHUNK_BYTES = 64 * 1024
 # After the CLI's leader exits, stdout is read while it still yields lines, and
 # given up after this long with none (a grandchild may hold the pipe open).
 DRAIN_IDLE_S = 1.0
@@ -39,9 +47,6 @@ _POLL_S = 0.05
 Spawn = Callable[..., Awaitable[Any]]
 OnLine = Callable[[bytes, Event | None], Awaitable[None]]
 OnStart = Callable[[int], Awaitable[None]]
-
-# Clean-ups that must finish even if their caller is cancelled again.
-_background: set[asyncio.Task[None]] = set()
 
 
 class SpawnError(Exception):
@@ -75,7 +80,6 @@ async def run_agent_process(
             cwd=cwd,
             env=env,
             start_new_session=True,
-            limit=STDOUT_LINE_LIMIT_BYTES,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise SpawnError(_spawn_error_text(exc, command.argv[0], cwd)) from exc
@@ -95,10 +99,7 @@ async def run_agent_process(
     except TimeoutError:
         timed_out = True
     finally:
-        cleanup = asyncio.create_task(_finish(proc, helpers))
-        _background.add(cleanup)
-        cleanup.add_done_callback(_background.discard)
-        await asyncio.shield(cleanup)
+        await complete_even_if_cancelled(_finish(proc, helpers))
     if exit_code is None and isinstance(proc.returncode, int):
         exit_code = proc.returncode
     return collector.finish(exit_code=exit_code, stderr=bytes(stderr), timed_out=timed_out)
@@ -159,20 +160,40 @@ async def _leader_exit(proc: Any) -> int | None:
 
 
 async def _read_lines(stdout: Any, collector: StreamCollector, on_line: OnLine | None) -> None:
-    lines = aiter(stdout)
-    while not collector.done:
-        try:
-            line = await anext(lines)
-        except StopAsyncIteration:
-            return
-        except ValueError:
-            # StreamReader drops a line over its limit and raises; go on.
-            collector.oversized += 1
-            logger.warning("dropped a stdout line over %d bytes", STDOUT_LINE_LIMIT_BYTES)
-            continue
-        event = collector.feed(line)
-        if on_line is not None:
-            await on_line(line, event)
+    async with contextlib.aclosing(_lines(stdout)) as lines:
+        async for line in lines:
+            event = collector.feed(line)
+            if on_line is not None:
+                await on_line(line, event)
+            if collector.done:
+                return
+
+
+async def _lines(stdout: Any) -> AsyncGenerator[bytes, None]:
+    """stdout line by line, in bounded memory however long a line is.
+
+    A StreamReader is read in chunks and framed here, so its own buffer stays
+    small (it pauses the pipe at twice its 64 KiB limit) and a line over
+    STDOUT_LINE_LIMIT_BYTES is dropped, not buffered. Anything else that
+    iterates lines (a wrapped pipe, a test double) is iterated.
+    """
+    if not isinstance(stdout, asyncio.StreamReader):
+        async for line in stdout:
+            yield line
+        return
+    framer = LineFramer(STDOUT_LINE_LIMIT_BYTES)
+    try:
+        while chunk := await stdout.read(_CHUNK_BYTES):
+            for line in framer.feed(chunk):
+                yield line
+        last = framer.close()
+        if last is not None:
+            yield last
+    finally:
+        if framer.oversized:
+            logger.warning(
+                "dropped %d stdout lines over %d bytes", framer.oversized, STDOUT_LINE_LIMIT_BYTES
+            )
 
 
 async def _drain_tail(stream: Any, sink: bytearray) -> None:
@@ -234,6 +255,17 @@ async def _kill_group(pgid: int, leader: Any) -> bool:
     if not await _wait_gone(pgid, leader, KILL_WAIT_S):
         logger.error("process group %d survived SIGKILL", pgid)
     return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot), to tell it from a later reuse of its id."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses; count from the last ")"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
 
 
 def group_alive(pgid: int) -> bool:

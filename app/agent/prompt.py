@@ -16,6 +16,18 @@ _SECTION_HELP = {
 }
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot reach the CLI, or None: no NUL (argv and C strings end
+    there) and no lone surrogate (it has no UTF-8 form)."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "must be valid Unicode (it holds a lone surrogate)"
+    return None
+
+
 def message_text(message: ChatMessage) -> str:
     """The text of a message: the string, or its text parts joined."""
     content = message.content
@@ -58,6 +70,10 @@ def chat_prompt(messages: Sequence[ChatMessage]) -> tuple[str, str]:
         for i, (m, t) in enumerate(zip(messages, texts, strict=True))
         if i != last_user and m.role not in _INSTRUCTION_ROLES
     ]
+    for text in texts:
+        problem = text_problem(text)
+        if problem:
+            raise ServiceError(f"message content {problem}", error="invalid request")
     if not instructions and not transcript:
         return request, request
     sections: dict[str, str] = {}

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from app.agent.stream import AgentResult
+
+if TYPE_CHECKING:
+    from app.workspace.git import GitReport
 
 
 @dataclass(frozen=True, slots=True)
 class AgentRun:
-    """One run of the CLI: the prompt and the limits it runs under."""
+    """One run of the CLI: the prompt, the limits it runs under, and its name.
+
+    `run_id` names the run (a job id, a chat completion id) and `label` says
+    what it is in a commit message ("job <id>"); `summary` is the text whose
+    first line becomes the commit subject (the prompt when None).
+    """
 
     prompt: str
     model: str
@@ -18,10 +27,22 @@ class AgentRun:
     timeout_s: float
     agent: str | None = None
     resume_session_id: str | None = None
+    run_id: str = "run"
+    label: str = "run"
+    summary: str | None = None
 
 
 class AgentBusy(Exception):
     """Another run holds the workspace."""
 
 
-RunAgent = Callable[[AgentRun], Awaitable[AgentResult]]
+class SyncFailed(Exception):
+    """The pre-run git sync failed and GIT_SYNC_REQUIRED says not to run."""
+
+
+class RunAgent(Protocol):
+    """Runs the agent once; `report` (if given) is filled in with what git did."""
+
+    def __call__(
+        self, run: AgentRun, *, report: GitReport | None = None
+    ) -> Awaitable[AgentResult]: ...

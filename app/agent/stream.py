@@ -19,6 +19,45 @@ STDERR_TAIL_BYTES = 8 * 1024
 Event = dict[str, Any]
 
 
+class LineFramer:
+    """Splits a byte stream into lines, dropping any line over `max_line_bytes`.
+
+    Memory stays at most one line (up to the cap) whatever the stream holds.
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.oversized = 0
+        self._partial = bytearray()
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The complete lines (with their newline) that `chunk` finishes."""
+        lines = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._partial += chunk[start : end + 1]
+                lines.append(bytes(self._partial))
+            self._partial.clear()
+            start = end + 1
+        if not self._skipping:
+            self._partial += chunk[start:]
+            if len(self._partial) > self.max_line_bytes:
+                self._partial.clear()
+                self._skipping = True
+                self.oversized += 1
+        return lines
+
+    def close(self) -> bytes | None:
+        """The last line, if the stream ended without a newline."""
+        rest = None if self._skipping or not self._partial else bytes(self._partial)
+        self._partial.clear()
+        return rest
+
+
 def parse_line(line: bytes) -> Event | None:
     """One stream-json event, or None for a line that is not one.
 
@@ -125,7 +164,6 @@ class StreamCollector:
     result: Event | None = None
     lines: int = 0
     events: int = 0
-    oversized: int = 0
     _raw: bytearray = field(default_factory=bytearray)
     _raw_truncated: bool = False
 

@@ -13,10 +13,9 @@ from fastapi.responses import JSONResponse
 
 from app.agent.process import SpawnError
 from app.agent.prompt import chat_prompt
-from app.agent.run import AgentBusy, AgentRun
+from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult, one_line
 from app.api.deps import RunAgentDep, SettingsDep
-from app.auth import AuthDep
 from app.errors import ExecutionFailed, ServiceError
 from app.schemas.openai import (
     AssistantMessage,
@@ -28,8 +27,9 @@ from app.schemas.openai import (
     PromptTokensDetails,
     Usage,
 )
+from app.workspace.git import GitReport
 
-router = APIRouter(prefix="/v1", dependencies=[AuthDep], tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"])
 
 # How often a running chat checks whether its client went away.
 _DISCONNECT_POLL_S = 1.0
@@ -63,22 +63,27 @@ async def chat_completions(
             error="unsupported model",
             extra={"supported": list(settings.models)},
         )
-    prompt, _ = chat_prompt(body.messages)
+    prompt, request_text = chat_prompt(body.messages)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     run = AgentRun(
         prompt=prompt,
         model=model,
         max_budget_usd=settings.chat_max_budget_usd,
         timeout_s=settings.chat_timeout_seconds,
         agent=settings.chat_agent,
+        run_id=completion_id,
+        label=f"chat {completion_id}",
+        summary=request_text,
     )
+    report = GitReport()
     try:
-        result = await _until_disconnected(request, run_agent(run))
+        result = await _until_disconnected(request, run_agent(run, report=report))
     except AgentBusy:
         raise ExecutionFailed(
             "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
         ) from None
-    except SpawnError as exc:
-        raise ExecutionFailed(str(exc)) from None
+    except (SpawnError, SyncFailed) as exc:
+        raise ExecutionFailed(one_line(str(exc))) from None
     if result.timed_out:
         raise ExecutionFailed(
             f"the agent run timed out after {settings.chat_timeout_seconds:g}s "
@@ -87,13 +92,16 @@ async def chat_completions(
     if not result.ok:
         raise ExecutionFailed(one_line(result.text) or "the agent run failed")
     completion = ChatCompletion(
-        id=f"chatcmpl-{uuid.uuid4().hex}",
+        id=completion_id,
         created=int(time.time()),
         model=model,
         choices=[Choice(message=AssistantMessage(content=result.text))],
         usage=openai_usage(result.usage),
     )
-    return JSONResponse(completion.model_dump(), headers=_accounting_headers(result))
+    headers = _accounting_headers(result)
+    if report.pushed and report.commits:
+        headers["X-Claude-Git-Commit"] = report.commits[-1]
+    return JSONResponse(completion.model_dump(), headers=headers)
 
 
 def openai_usage(usage: dict[str, Any] | None) -> Usage:

@@ -67,3 +67,4 @@ class Outcome:
     permission_denials: list[Any] | None = None
     exit_code: int | None = None
     stderr_tail: str | None = None
+    git: dict[str, Any] | None = None

@@ -72,9 +72,13 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN git TEXT;
+    ALTER TABLE jobs ADD COLUMN leader_start INTEGER;
+    """,
 )
 
-_JSON_COLUMNS = ("metadata", "usage", "permission_denials")
+_JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
 
 
 class QueueFull(Exception):
@@ -262,11 +266,16 @@ class JobStore:
             self._status_event(found["id"], JobStatus.RUNNING, now)
             return self._get(found["id"])
 
-    async def set_process_group(self, job_id: str, pgid: int, boot_id: str | None) -> None:
+    async def set_process_group(
+        self, job_id: str, pgid: int, boot_id: str | None, leader_start: int | None
+    ) -> None:
+        """Remember the run's process group, to kill it after a crash of the service."""
+
         def update() -> None:
             with _transaction(self._conn):
                 self._conn.execute(
-                    "UPDATE jobs SET pgid = ?, boot_id = ? WHERE id = ?", (pgid, boot_id, job_id)
+                    "UPDATE jobs SET pgid = ?, boot_id = ?, leader_start = ? WHERE id = ?",
+                    (pgid, boot_id, leader_start, job_id),
                 )
 
         await self._run(update)
@@ -293,7 +302,8 @@ class JobStore:
             seq = self._last_seq(job_id)
             rows = []
             for kind, data in batch:
-                if kind not in _ALWAYS_KEPT and (truncated or used + len(data) > max_bytes):
+                size = len(data.encode())
+                if kind not in _ALWAYS_KEPT and (truncated or used + size > max_bytes):
                     if not truncated:
                         truncated = 1
                         seq += 1
@@ -301,7 +311,7 @@ class JobStore:
                     dropped += 1
                     continue
                 seq += 1
-                used += len(data)
+                used += size
                 rows.append((job_id, seq, kind, data))
             self._conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
             self._conn.execute(
@@ -321,7 +331,7 @@ class JobStore:
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, is_error = ?, "
                 "error = ?, session_id = COALESCE(?, session_id), total_cost_usd = ?, "
                 "num_turns = ?, duration_ms = ?, usage = ?, permission_denials = ?, "
-                "exit_code = ?, stderr_tail = ? WHERE id = ? AND status = 'running'",
+                "exit_code = ?, stderr_tail = ?, git = ? WHERE id = ? AND status = 'running'",
                 (
                     outcome.status.value,
                     now,
@@ -336,6 +346,7 @@ class JobStore:
                     _dump(outcome.permission_denials),
                     outcome.exit_code,
                     outcome.stderr_tail,
+                    _dump(outcome.git),
                     job_id,
                 ),
             ).rowcount
@@ -368,7 +379,7 @@ class JobStore:
             now = utc_now()
             rows = self._conn.execute(
                 "UPDATE jobs SET status = 'interrupted', finished_at = ?, is_error = 1, "
-                "error = ? WHERE status = 'running' RETURNING id, pgid, boot_id",
+                "error = ? WHERE status = 'running' RETURNING id, pgid, boot_id, leader_start",
                 (now, error),
             ).fetchall()
             for row in rows:

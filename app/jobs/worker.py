@@ -17,11 +17,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.agent.process import OnLine, OnStart, SpawnError, kill_group_by_id
-from app.agent.run import AgentRun
+from app.agent.process import OnLine, OnStart, SpawnError, kill_group_by_id, start_ticks
+from app.agent.run import AgentRun, SyncFailed
 from app.agent.stream import AgentResult, Event
 from app.jobs.models import JobStatus, Outcome
 from app.jobs.store import JobStore, Row
+from app.workspace.git import GitReport
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ FLUSH_INTERVAL_S = 0.1
 FLUSH_BYTES = 256 * 1024
 # How long the worker sleeps when nothing wakes it (a safety net, not the path).
 IDLE_POLL_S = 5.0
+LOCK_POLL_S = 0.1
 PRUNE_INTERVAL_S = 3600.0
 # How long a cancel request waits for the killed run to be recorded.
 CANCEL_WAIT_S = 15.0
@@ -41,7 +43,12 @@ class Execute(Protocol):
     """Runs the agent in the workspace; the caller already holds the lock."""
 
     def __call__(
-        self, run: AgentRun, *, on_line: OnLine | None, on_start: OnStart | None
+        self,
+        run: AgentRun,
+        *,
+        report: GitReport,
+        on_line: OnLine | None,
+        on_start: OnStart | None,
     ) -> Coroutine[Any, Any, AgentResult]: ...
 
 
@@ -146,6 +153,19 @@ def boot_id() -> str | None:
         return None
 
 
+def _still_ours(row: Row, this_boot: str | None) -> bool:
+    """Whether the process group recorded for a job can only be that job's.
+
+    Same boot, and the leader is either gone (its id stays taken while the
+    group lives) or the very process we started (same start time).
+    """
+    pgid = row["pgid"]
+    if not isinstance(pgid, int) or pgid <= 1 or this_boot is None or row["boot_id"] != this_boot:
+        return False
+    now = start_ticks(pgid)
+    return now is None or now == row["leader_start"]
+
+
 class Worker:
     """Claims queued jobs in order and runs each under the workspace lock."""
 
@@ -179,10 +199,8 @@ class Worker:
         this_boot = boot_id()
         for row in await self._store.interrupt_running(INTERRUPTED_ERROR):
             logger.warning("job %s was running when the service stopped: interrupted", row["id"])
-            pgid = row["pgid"]
-            ours = isinstance(pgid, int) and pgid > 1 and row["boot_id"] == this_boot
-            if ours and await kill_group_by_id(pgid):
-                logger.warning("killed process group %d left by job %s", pgid, row["id"])
+            if _still_ours(row, this_boot) and await kill_group_by_id(row["pgid"]):
+                logger.warning("killed process group %d left by job %s", row["pgid"], row["id"])
             self._hub.notify(row["id"])
 
     def start(self) -> None:
@@ -215,8 +233,9 @@ class Worker:
         if current is None or current[0] != job_id:
             return False
         recorded = self._recorded.setdefault(job_id, asyncio.Event())
-        self._cancel_reason = JobStatus.CANCELLED
-        current[1].cancel()
+        if self._cancel_reason is None:  # a second cancel only waits for the first
+            self._cancel_reason = JobStatus.CANCELLED
+            current[1].cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(recorded.wait(), CANCEL_WAIT_S)
         return True
@@ -243,6 +262,12 @@ class Worker:
         """Run the oldest queued job, if any; False when the queue is empty."""
         if not await self._store.has_queued():
             return False
+        # Never wait on the lock itself: a waiter would queue ahead of chat
+        # requests, which must see a free workspace as free (or get 503).
+        while self._workspace_lock().locked():
+            if self._stopping:
+                return False
+            await asyncio.sleep(LOCK_POLL_S)
         async with self._workspace_lock():
             if self._stopping:
                 return False
@@ -272,13 +297,18 @@ class Worker:
             timeout_s=job["timeout_seconds"],
             agent=job["agent"],
             resume_session_id=job["resume_session_id"],
+            run_id=job_id,
+            label=f"job {job_id}",
         )
+        report = GitReport()
         current_boot = boot_id()
 
         async def on_start(pgid: int) -> None:
-            await self._store.set_process_group(job_id, pgid, current_boot)
+            await self._store.set_process_group(job_id, pgid, current_boot, start_ticks(pgid))
 
-        task = asyncio.create_task(self._execute(run, on_line=sink.on_line, on_start=on_start))
+        task = asyncio.create_task(
+            self._execute(run, report=report, on_line=sink.on_line, on_start=on_start)
+        )
         self._current = (job_id, task)
         self._cancel_reason = None
         logger.info("job %s started", job_id)
@@ -295,12 +325,17 @@ class Worker:
                 raise  # the worker itself is being cancelled; recorded below all the same
         except SpawnError as exc:
             outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=str(exc))
+        except SyncFailed as exc:
+            error = f"git sync failed (GIT_SYNC_REQUIRED): {exc}"
+            outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         except Exception as exc:
             logger.exception("job %s: the run raised", job_id)
             error = f"internal error: {exc}"
             outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         finally:
             self._current = None
+            if outcome is not None:
+                outcome.git = report.as_dict()
             await asyncio.shield(self._record(job_id, sink, outcome))
         logger.info("job %s ended: %s", job_id, outcome.status)
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from app.agent.prompt import text_problem
 from app.jobs.models import JobStatus
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -33,6 +34,9 @@ class ExecuteRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must not be empty")
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(f"prompt {problem}")
         return value
 
     @field_validator("agent")
@@ -45,7 +49,13 @@ class ExecuteRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
+        if value is None:
+            return None
+        try:
+            size = len(json.dumps(value, allow_nan=False).encode())
+        except ValueError:
+            raise ValueError("metadata must not hold NaN or Infinity") from None
+        if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
         return value
 
@@ -92,6 +102,7 @@ class JobView(BaseModel):
     permission_denials: list[Any] | None
     exit_code: int | None
     stderr_tail: str | None
+    git: dict[str, Any] | None
     events_truncated: bool
 
     @classmethod

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.agent.stream import StreamCollector, is_failure, one_line, parse_line
+from app.agent.stream import LineFramer, StreamCollector, is_failure, one_line, parse_line
 from tests.conftest import FIXTURES
 
 
@@ -134,3 +134,21 @@ def test_one_line_flattens_and_cuts() -> None:
     assert one_line("a\n  b\tc") == "a b c"
     cut = one_line("x" * 600)
     assert len(cut) == 500 and cut.endswith("…")
+
+
+def test_the_framer_splits_lines_across_chunks() -> None:
+    framer = LineFramer(max_line_bytes=100)
+    assert framer.feed(b'{"a": 1}\n{"b"') == [b'{"a": 1}\n']
+    assert framer.feed(b": 2}\n\n") == [b'{"b": 2}\n', b"\n"]
+    assert framer.feed(b"tail without newline") == []
+    assert framer.close() == b"tail without newline"
+    assert framer.close() is None
+
+
+def test_the_framer_drops_a_line_over_its_cap_and_goes_on() -> None:
+    framer = LineFramer(max_line_bytes=10)
+    assert framer.feed(b"short\n" + b"x" * 8) == [b"short\n"]
+    assert framer.feed(b"x" * 8) == []  # over the cap: dropped, not kept
+    assert framer.feed(b"xxx\nnext\n") == [b"next\n"]
+    assert framer.oversized == 1
+    assert framer.feed(b"y" * 50) == [] and framer.close() is None

@@ -272,3 +272,35 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["busy"] is False and body["version"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}', 400),
+        (b'{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}', 400),
+        (b'{"messages": NaN}', 422),
+        (b'{"model": Infinity, "messages": [{"role": "user", "content": "hi"}]}', 422),
+    ],
+)
+async def test_text_the_cli_cannot_take_is_refused_not_a_500(
+    client: httpx.AsyncClient, raw: bytes, status: int, fake_log: Path
+) -> None:
+    response = await client.post(
+        "/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == "invalid request"
+    assert read_log(fake_log) == []
+
+
+async def test_strangers_learn_nothing_before_auth(client: httpx.AsyncClient) -> None:
+    malformed = await client.post(
+        "/v1/chat/completions", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 401
+    for path in ("/openapi.json", "/docs", "/redoc", "/nope"):
+        assert (await client.get(path)).status_code == 401
+    schema = await client.get("/openapi.json", headers=AUTH)
+    assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+    assert (await client.get("/docs", headers=AUTH)).status_code == 404

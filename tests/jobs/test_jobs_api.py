@@ -254,6 +254,28 @@ def test_listing_is_newest_first_with_a_cursor_and_a_status_filter(client: httpx
         ({"json": {"prompt": "x", "metadata": {"k": "v" * 17000}}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "agent": "--dangerous"}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "surprise": 1}}, 422, "invalid request"),
+        ({"json": {"prompt": "nul \x00 inside"}}, 422, "invalid request"),
+        (
+            {
+                "content": b'{"prompt": "x", "metadata": {"n": NaN}}',
+                "headers": {"Content-Type": "application/json"},
+            },
+            422,
+            "invalid request",
+        ),
+        (
+            {"content": b'{"prompt": "\\ud800"}', "headers": {"Content-Type": "application/json"}},
+            422,
+            "invalid request",
+        ),
+        (
+            {
+                "content": b'{"prompt": "x", "max_budget_usd": NaN}',
+                "headers": {"Content-Type": "application/json"},
+            },
+            422,
+            "invalid request",
+        ),
         (
             {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
             400,
@@ -276,7 +298,8 @@ def test_bad_queries_and_unknown_jobs(client: httpx.Client) -> None:
     assert client.get("/jobs", params={"status": "done"}).status_code == 400
     assert client.get("/jobs", params={"limit": 0}).status_code == 422
     assert client.get("/jobs", params={"limit": 201}).status_code == 422
-    assert client.get("/jobs", params={"before": "abc"}).status_code == 400
+    for cursor in ("abc", "²", "9" * 20, "-1"):
+        assert client.get("/jobs", params={"before": cursor}).status_code == 400
     for method, path in [
         ("GET", "/jobs/nope"),
         ("POST", "/jobs/nope/cancel"),
@@ -286,8 +309,9 @@ def test_bad_queries_and_unknown_jobs(client: httpx.Client) -> None:
         assert response.status_code == 404
         assert response.json() == {"error": "not found", "detail": "no job 'nope'"}
     job_id = submit(client, "for a bad Last-Event-ID")
-    response = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
-    assert response.status_code == 400
+    for bad in ("x", "9" * 20, "-3"):
+        response = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
+        assert response.status_code == 400
     wait_for(client, job_id)
 
 

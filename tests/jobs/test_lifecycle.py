@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import signal
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import group_members, read_log, start_server
 from tests.jobs.helpers import sse, submit, wait_for
@@ -108,3 +112,44 @@ def test_after_sigkill_a_restart_interrupts_the_running_job_and_runs_the_queue(
             assert client.get("/jobs", params={"status": "queued"}).json()["jobs"] == []
     finally:
         again.stop()
+
+
+def test_a_second_cancel_does_not_free_the_workspace_early(
+    service_env: dict[str, str], tmp_path: Path, fake_log: Path
+) -> None:
+    server = start_server(service_env, tmp_path / "s.log")
+    try:
+        with server.client() as client, server.client() as other:
+            stubborn = submit(client, "stubborn @fake:ignore_term @fake:sleep=60")
+            wait_for(client, stubborn, {"running"})
+            call = wait_for_call(fake_log, "stubborn")
+            follower = submit(client, "follower")
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                first = pool.submit(client.post, f"/jobs/{stubborn}/cancel")
+                time.sleep(0.5)
+                second = pool.submit(other.post, f"/jobs/{stubborn}/cancel")
+                # the follower may only start once the stubborn group is dead
+                wait_for(client, follower, {"running", "completed"})
+                assert group_members(call["pgid"]) == []
+                assert first.result(30).status_code == 200
+                assert second.result(30).status_code in (200, 409)
+            assert wait_for(client, follower)["status"] == "completed"
+    finally:
+        server.stop()
+
+
+def test_sigterm_with_a_chat_in_flight_leaves_no_process(
+    service_env: dict[str, str], tmp_path: Path, fake_log: Path
+) -> None:
+    server = start_server({**service_env, "SHUTDOWN_GRACE_SECONDS": "1"}, tmp_path / "s.log")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
+        chat = pool.submit(
+            client.post,
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "@fake:ignore_term @fake:sleep=300"}]},
+        )
+        call = wait_for_call(fake_log, "ignore_term")
+        server.stop(signal.SIGTERM, timeout_s=60)
+        assert group_members(call["pgid"]) == []
+        with contextlib.suppress(httpx.HTTPError):
+            chat.result(30)

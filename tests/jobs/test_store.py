@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.jobs.models import JobStatus, NewJob, Outcome
-from app.jobs.store import IdempotencyConflict, JobStore, QueueFull
+from app.jobs.store import _MIGRATIONS, IdempotencyConflict, JobStore, QueueFull
 
 
 @pytest.fixture
@@ -34,7 +34,24 @@ async def test_the_database_is_in_wal_mode_at_the_current_schema(
     store: JobStore, tmp_path: Path
 ) -> None:
     assert sql(tmp_path, "PRAGMA journal_mode") == [("wal",)]
-    assert sql(tmp_path, "PRAGMA user_version") == [(1,)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(2,)]
+
+
+async def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as conn:
+        conn.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        conn.execute(
+            "INSERT INTO jobs (id, status, prompt, model, max_budget_usd, timeout_seconds, "
+            "created_at) VALUES ('old', 'completed', 'p', 'haiku', 1, 60, '2026-01-01T00:00:00Z')"
+        )
+    store = await JobStore.open(tmp_path / "data")
+    try:
+        row = await store.get("old")
+        assert row is not None and row["status"] == "completed" and row["git"] is None
+        assert sql(tmp_path, "PRAGMA user_version") == [(2,)]
+    finally:
+        await store.close()
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -121,9 +138,9 @@ async def test_restart_marks_running_jobs_interrupted(store: JobStore) -> None:
     job, _ = await store.submit(new(), max_queued=9)
     waiting, _ = await store.submit(new(), max_queued=9)
     await store.claim_next()
-    await store.set_process_group(job["id"], 12345, "boot")
+    await store.set_process_group(job["id"], 12345, "boot", 777)
     (found,) = await store.interrupt_running("stopped")
-    assert found == {"id": job["id"], "pgid": 12345, "boot_id": "boot"}
+    assert found == {"id": job["id"], "pgid": 12345, "boot_id": "boot", "leader_start": 777}
     assert (await store.status(job["id"])) is JobStatus.INTERRUPTED
     assert (await store.status(waiting["id"])) is JobStatus.QUEUED
 

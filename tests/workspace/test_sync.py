@@ -9,31 +9,15 @@ import pytest
 
 from app import main as app_main
 from app.workspace.git import sync_workspace
-from tests.conftest import git
+from tests.conftest import git, make_remote, push_change
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
-    """A bare remote with one commit on main, and the workspace cloned from it."""
-    bare = tmp_path / "remote.git"
-    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=tmp_path)
-    seed = tmp_path / "seed"
-    git("clone", "--quiet", str(bare), str(seed), cwd=tmp_path)
-    (seed / "README").write_text("one\n")
-    git("add", "README", cwd=seed)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "one", cwd=seed)
-    git("push", "--quiet", "origin", "HEAD:main", cwd=seed)
+    """A bare remote with one commit on main, and the workspace (ws) cloned from it."""
+    bare = make_remote(tmp_path)
     git("clone", "--quiet", str(bare), str(tmp_path / "ws"), cwd=tmp_path)
     return bare
-
-
-def push_change(remote: Path, tmp_path: Path, name: str, text: str) -> None:
-    other = tmp_path / f"other-{name}"
-    git("clone", "--quiet", str(remote), str(other), cwd=tmp_path)
-    (other / name).write_text(text)
-    git("add", name, cwd=other)
-    git("-c", "user.name=o", "-c", "user.email=o@o", "commit", "--quiet", "-m", name, cwd=other)
-    git("push", "--quiet", "origin", "HEAD:main", cwd=other)
 
 
 async def test_sync_picks_up_a_commit_pushed_by_someone_else(remote: Path, tmp_path: Path) -> None:
@@ -87,7 +71,7 @@ async def test_a_hanging_remote_is_bounded_by_the_timeout(remote: Path, tmp_path
     git("config", "remote.origin.uploadpack", "sleep 30; git-upload-pack", cwd=ws)
     started = time.monotonic()
     error = await sync_workspace(ws, timeout_s=1)
-    assert error == "git pull timed out after 1s (GIT_SYNC_TIMEOUT_SECONDS)"
+    assert error == "git fetch timed out after 1s (GIT_SYNC_TIMEOUT_SECONDS)"
     assert time.monotonic() - started < 10
 
 
