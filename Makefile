@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint install lock clean
+.PHONY: serve test lint bench install lock clean
 
 install: $(STAMP)
 
@@ -24,9 +24,13 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 	$(BIN)/mypy
+
+# Memory under a flood of CLI output, and chat completion overhead (BENCHMARKS.md).
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 # Re-pin every dependency to what is installed now (after changing pyproject).
 lock: $(STAMP)
