@@ -15,6 +15,18 @@ from app.settings import Settings, get_settings
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def resolve_model(requested: str | None, settings: Settings) -> str:
+    """The model alias to run: the requested one if supported, else the default."""
+    model = requested or settings.default_model
+    if model not in settings.models:
+        raise ServiceError(
+            f"model {model!r} is not supported",
+            error="unsupported model",
+            extra={"supported": list(settings.models)},
+        )
+    return model
+
+
 def _run_agent(request: Request) -> RunAgent:
     runner: RunAgent = request.app.state.run_agent
     return runner

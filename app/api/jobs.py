@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import JobsDep, SettingsDep
+from app.api.deps import JobsDep, SettingsDep, resolve_model
 from app.errors import ServiceError
 from app.jobs.models import JobStatus, NewJob
 from app.jobs.store import IdempotencyConflict, QueueFull
@@ -39,13 +39,7 @@ async def execute(
     jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    model = body.model or settings.default_model
-    if model not in settings.models:
-        raise ServiceError(
-            f"model {model!r} is not supported",
-            error="unsupported model",
-            extra={"supported": list(settings.models)},
-        )
+    model = resolve_model(body.model, settings)
     budget = body.max_budget_usd or settings.job_max_budget_usd
     if budget > settings.job_max_budget_usd:
         raise ServiceError(

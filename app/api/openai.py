@@ -15,7 +15,7 @@ from app.agent.process import SpawnError
 from app.agent.prompt import chat_prompt
 from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult, one_line
-from app.api.deps import RunAgentDep, SettingsDep
+from app.api.deps import RunAgentDep, SettingsDep, resolve_model
 from app.errors import ExecutionFailed, ServiceError
 from app.schemas.openai import (
     AssistantMessage,
@@ -56,13 +56,7 @@ async def chat_completions(
         )
     if body.n is not None and body.n != 1:
         raise ServiceError("only n=1 is supported", error="invalid request")
-    model = body.model or settings.default_model
-    if model not in settings.models:
-        raise ServiceError(
-            f"model {model!r} is not supported",
-            error="unsupported model",
-            extra={"supported": list(settings.models)},
-        )
+    model = resolve_model(body.model, settings)
     prompt, request_text = chat_prompt(body.messages)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     run = AgentRun(
