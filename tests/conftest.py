@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,8 +166,10 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -> Server:
+def start_server(env: Mapping[str, str | None], log_path: Path, cwd: Path | None = None) -> Server:
     """Start `python -m app serve` and wait (bounded) until /health answers.
+
+    `env` is added to this process's environment; a None value removes a name.
 
     A free port can be taken between finding it and binding it (by any
     outgoing connection's local port); then it tries another, three times.
@@ -179,9 +181,9 @@ def start_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -
     raise RuntimeError(f"no free port after three tries:\n{log_path.read_text()}")
 
 
-def _start_once(env: dict[str, str], log_path: Path, cwd: Path | None) -> Server | None:
+def _start_once(env: Mapping[str, str | None], log_path: Path, cwd: Path | None) -> Server | None:
     port = free_port()
-    full_env = {**os.environ, **env}
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -1,0 +1,281 @@
+"""The real Claude Code CLI in the loop: client -> service -> `claude` -> API stand-in.
+
+The CLI is the pinned npm release (`make claude-cli`); it runs offline against
+tests/fakes/anthropic_api.py, which answers as the Anthropic Messages API does.
+Without the CLI these tests are skipped with the reason; with REQUIRE_REAL_CLI=1
+(CI) that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import TOKEN, Server, git, make_remote, start_server
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.jobs.helpers import sse, submit, wait_for
+
+REAL_CLAUDE = Path(__file__).resolve().parents[2] / ".cache/claude-cli/node_modules/.bin/claude"
+ROOT_REFUSAL = "--dangerously-skip-permissions cannot be used with root/sudo privileges"
+
+
+def _unavailable() -> str | None:
+    if not REAL_CLAUDE.exists():
+        return f"the real Claude CLI is not installed at {REAL_CLAUDE} (run `make claude-cli`)"
+    try:
+        subprocess.run([REAL_CLAUDE, "--version"], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the real Claude CLI does not run: {exc}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def real_claude() -> Path:
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("REQUIRE_REAL_CLI") == "1":
+            pytest.fail(f"REQUIRE_REAL_CLI=1, but {reason}")
+        pytest.skip(reason)
+    return REAL_CLAUDE
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic([{"text": "unscripted"}]) as fake:
+        yield fake
+
+
+def offline_env(
+    root: Path, claude: Path, api: FakeAnthropic, **extra: str | None
+) -> dict[str, str | None]:
+    """A service whose agent is the real CLI, offline, against the stand-in."""
+    (root / "home").mkdir(exist_ok=True)
+    return {
+        "API_BEARER_TOKEN": TOKEN,
+        "WORKSPACE_DIR": str(root / "workspace"),
+        "DATA_DIR": str(root / "data"),
+        "CLAUDE_BIN": str(claude),
+        "HOME": str(root / "home"),
+        "ANTHROPIC_BASE_URL": api.url,
+        "ANTHROPIC_API_KEY": "dummy-key",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def served(
+    real_claude: Path, api: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path, Path]]:
+    """One service (GIT_PUSH to a bare remote) shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("e2e")
+    remote = make_remote(root)
+    env = offline_env(root, real_claude, api, GIT_REPO_URL=str(remote), GIT_PUSH="true")
+    server = start_server(env, root / "server.log")
+    yield server, root / "workspace", remote
+    server.stop()
+
+
+def user_texts(request: dict[str, Any]) -> list[str]:
+    """Every text block of the user messages of a recorded Messages API request."""
+    texts = []
+    for message in request["body"]["messages"]:
+        if message["role"] != "user":
+            continue
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        texts += [b["text"] for b in blocks if b.get("type") == "text"]
+    return texts
+
+
+def running_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is `directory` (the CLI rewrites its argv)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(proc / "cwd")) == directory:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_chat_completion_answers_with_the_apis_text_and_token_counts(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    usage = {
+        "input_tokens": 1234,
+        "output_tokens": 56,
+        "cache_creation_input_tokens": 700,
+        "cache_read_input_tokens": 8900,
+    }
+    api.script([{"text": "Paris is the capital of France.", "usage": usage}])
+    client = openai.OpenAI(base_url=f"{served[0].base_url}/v1", api_key=TOKEN, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="haiku", messages=[{"role": "user", "content": "Capital of France?"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Paris is the capital of France."
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 1234 + 700 + 8900
+    assert completion.usage.completion_tokens == 56
+    assert completion.usage.prompt_tokens_details is not None
+    assert completion.usage.prompt_tokens_details.cached_tokens == 8900
+    (request,) = api.message_requests
+    assert request["body"]["model"] == "claude-haiku-5-5"
+    assert "Capital of France?" in user_texts(request)[-1]
+
+    # The cost header is the CLI's own total_cost_usd: the same exchange as a
+    # job shows that number in the CLI's result event.
+    api.script([{"text": "Paris is the capital of France.", "usage": usage}])
+    with served[0].client() as http:
+        job = wait_for(http, submit(http, "Capital of France?", model="haiku"))
+        result = next(e for e in sse(http, job["job_id"]) if e["event"] == "result")
+    assert job["total_cost_usd"] == result["json"]["total_cost_usd"] > 0
+    assert raw.headers["X-Claude-Cost-USD"] == str(result["json"]["total_cost_usd"])
+
+
+def test_a_job_whose_agent_writes_a_file_commits_it(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    server, workspace, remote = served
+    target = workspace / "hello.txt"
+    api.script(
+        [
+            {
+                "text": "I will create the file.",
+                "tool_use": {
+                    "name": "Write",
+                    "input": {"file_path": str(target), "content": "hello from the stand-in\n"},
+                },
+            },
+            {"text": "Done."},
+        ]
+    )
+    with server.client() as client:
+        job = wait_for(client, submit(client, "Create hello.txt", model="haiku"))
+        events = list(sse(client, job["job_id"]))
+    assert job["status"] == "completed", job
+    assert job["result"] == "Done." and job["num_turns"] == 2
+    assert git("show", "main:hello.txt", cwd=remote) == "hello from the stand-in"
+    assert job["git"]["pushed"] is True and job["git"]["branch"] == "main"
+    blocks = [
+        b
+        for e in events
+        if e["event"] in ("assistant", "user")
+        for b in e["json"]["message"]["content"]
+    ]
+    tool_use = next(b for b in blocks if b["type"] == "tool_use")
+    assert tool_use["name"] == "Write"
+    tool_result = next(b for b in blocks if b["type"] == "tool_result")
+    assert tool_result["tool_use_id"] == tool_use["id"]
+
+
+def test_api_errors_surface_as_the_clis_readable_message(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    api.script(
+        [{"error": {"status": 401, "type": "authentication_error", "message": "invalid x-api-key"}}]
+    )
+    with served[0].client() as client:
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "haiku", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert chat.status_code == 503
+        assert chat.json() == {
+            "error": "execution failed",
+            "detail": "Invalid API key · Fix external API key",
+        }
+        api.script(
+            [{"error": {"status": 529, "type": "overloaded_error", "message": "Overloaded"}}]
+        )
+        job = wait_for(client, submit(client, "hi", model="haiku"))
+    assert job["status"] == "failed" and job["exit_code"] == 1
+    assert job["error"].startswith("API Error: 529 Overloaded.")
+    assert len(api.message_requests) == 1  # CLAUDE_CODE_MAX_RETRIES=0: no retry
+
+
+def test_a_hung_api_times_the_job_out_and_leaves_no_process(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    server, workspace, _ = served
+    api.script([{"hang": 600}])
+    with server.client() as client:
+        job_id = submit(client, "answer slowly", model="haiku", timeout_seconds=3)
+        api.wait_for_requests(1, timeout=30)
+        assert running_in(workspace)  # the CLI is there, waiting on the API
+        job = wait_for(client, job_id, timeout_s=30)
+    assert job["status"] == "timeout"
+    assert job["error"] == "the run timed out after 3s (timeout_seconds)"
+    assert running_in(workspace) == []
+
+
+def test_a_large_prompt_and_a_dash_prompt_reach_the_api_intact(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    api.script([{"text": "received"}])
+    big = "".join(f"line {i}: {uuid.uuid4().hex}\n" for i in range(7000))  # about 300 KB
+    assert len(big.encode()) > 250_000
+    with served[0].client() as client:
+        job = wait_for(client, submit(client, big, model="haiku"))
+        assert job["status"] == "completed", job
+        assert big in user_texts(api.message_requests[0])
+        api.script([{"text": "received"}])
+        job = wait_for(client, submit(client, "--help me with --verbose", model="haiku"))
+    assert job["status"] == "completed", job
+    assert "--help me with --verbose" in user_texts(api.message_requests[0])
+
+
+def test_the_budget_limit_fails_the_job_with_the_clis_reason(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    api.script(
+        [
+            {
+                "tool_use": {"name": "Bash", "input": {"command": "true"}},
+                "usage": {"input_tokens": 2_000_000, "output_tokens": 1000},
+            }
+        ]
+    )
+    with served[0].client() as client:
+        job = wait_for(client, submit(client, "loop", model="haiku", max_budget_usd=0.5))
+        result = next(e for e in sse(client, job["job_id"]) if e["event"] == "result")
+    assert job["status"] == "failed"
+    assert job["error"] == "Reached maximum budget ($0.5)"
+    assert result["json"]["subtype"] == "error_max_budget_usd"
+    assert job["total_cost_usd"] == result["json"]["total_cost_usd"] > 0.5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the CLI refuses bypassPermissions only as root")
+def test_bypass_permissions_as_root_is_refused_with_the_clis_words(
+    real_claude: Path, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    env = offline_env(
+        tmp_path, real_claude, api, CLAUDE_PERMISSION_MODE="bypassPermissions", IS_SANDBOX=None
+    )
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        api.script([{"text": "should not be asked"}])
+        with server.client() as client:
+            job = wait_for(client, submit(client, "hi", model="haiku"))
+    finally:
+        server.stop()
+    assert job["status"] == "failed" and job["exit_code"] == 1
+    assert job["error"] == f"{ROOT_REFUSAL} for security reasons"
+    assert api.message_requests == []
