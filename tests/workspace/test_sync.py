@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app import main as app_main
-from app.workspace.git import sync_workspace
+from app.workspace.git import FetchThrottle, sync_workspace
 from tests.conftest import git, make_remote, push_change
 
 
@@ -88,4 +88,28 @@ async def test_run_git_sync_honours_git_sync_false(
     monkeypatch.setenv("GIT_SYNC", "true")
     app_main.get_settings.cache_clear()
     await app_main.run_git_sync()
+    assert (ws / "news.txt").exists()
+
+
+async def test_bursts_share_one_fetch_within_the_minimum_interval(
+    remote: Path, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    throttle = FetchThrottle()
+    assert await sync_workspace(ws, timeout_s=30, min_interval_s=3600, throttle=throttle) is None
+    push_change(remote, tmp_path, "news.txt", "fresh\n")
+    assert await sync_workspace(ws, timeout_s=30, min_interval_s=3600, throttle=throttle) is None
+    assert not (ws / "news.txt").exists()  # the burst reused the first fetch
+    assert await sync_workspace(ws, timeout_s=30, min_interval_s=0, throttle=throttle) is None
+    assert (ws / "news.txt").exists()
+
+
+async def test_a_failed_fetch_does_not_count_for_the_interval(remote: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    throttle = FetchThrottle()
+    git("remote", "set-url", "origin", str(tmp_path / "gone.git"), cwd=ws)
+    assert await sync_workspace(ws, timeout_s=30, min_interval_s=3600, throttle=throttle)
+    git("remote", "set-url", "origin", str(remote), cwd=ws)
+    push_change(remote, tmp_path, "news.txt", "fresh\n")
+    assert await sync_workspace(ws, timeout_s=30, min_interval_s=3600, throttle=throttle) is None
     assert (ws / "news.txt").exists()
