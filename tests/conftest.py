@@ -34,6 +34,19 @@ def git(*args: str, cwd: Path) -> str:
     return done.stdout.strip()
 
 
+def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m app ARGS` with `env` added, bounded, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def read_log(path: Path) -> list[dict]:
     if not path.exists():
         return []

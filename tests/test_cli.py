@@ -10,19 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.workspace.git import WorkspaceError, ensure_workspace, redact
-from tests.conftest import git, start_server
-
-
-def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.conftest import cli, git, start_server
 
 
 def test_serve_refuses_to_start_without_a_token(

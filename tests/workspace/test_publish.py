@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from tests.conftest import (
     FAKE_CLAUDE,
     TOKEN,
     Server,
+    cli,
     free_port,
     git,
     make_remote,
@@ -250,15 +248,7 @@ def test_a_failed_clone_refuses_to_start_with_credentials_redacted(tmp_path: Pat
         "WORKSPACE_DIR": str(tmp_path / "ws"),
         "GIT_REPO_URL": f"http://user:s3cret@127.0.0.1:{free_port()}/nope.git",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "serve"],
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli("serve", env=env, cwd=tmp_path)
     assert done.returncode == 1
     assert "git clone failed" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
