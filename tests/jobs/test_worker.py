@@ -30,6 +30,7 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
 
     async def execute(run: AgentRun, **_: Any) -> AgentResult:
         ran.append(run.prompt)
+        await asyncio.sleep(0.5)  # long enough that a chat queued behind it would time out
         return AgentResult(ok=True, text="ok", exit_code=0)
 
     worker = Worker(
@@ -40,18 +41,21 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
         max_event_bytes=2**20,
         retention=timedelta(days=1),
     )
-    await lock.acquire()  # a chat holds the workspace
-    worker.start()
-    await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
-    worker.wake()
-    await asyncio.sleep(0.3)  # the worker has seen the job and the held lock
-    assert ran == []
-    lock.release()  # the chat ends; another chat arrives at once and must get in
-    await asyncio.wait_for(lock.acquire(), 0.05)
-    lock.release()
-    for _ in range(100):
-        if ran:
-            break
-        await asyncio.sleep(0.05)
-    assert ran == ["job"]
-    await worker.stop(grace_s=5)
+    try:
+        await lock.acquire()  # a chat holds the workspace
+        worker.start()
+        await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
+        worker.wake()
+        await asyncio.sleep(0.3)  # the worker has seen the job and the held lock
+        assert ran == []
+        lock.release()  # the chat ends; another chat arrives at once and must get in
+        await asyncio.wait_for(lock.acquire(), 0.05)
+        assert ran == []  # ...before the job, not behind it
+        lock.release()
+        for _ in range(100):
+            if ran:
+                break
+            await asyncio.sleep(0.05)
+        assert ran == ["job"]
+    finally:
+        await worker.stop(grace_s=5)
