@@ -13,7 +13,8 @@ class BodySizeLimit:
     """Answer 413 before the app reads a body larger than the limit.
 
     A declared `Content-Length` is checked at once (the server enforces it);
-    a chunked body is read up to the limit and replayed to the app.
+    a chunked body, or one that declares both, is read up to the limit and
+    replayed to the app.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]) -> None:
@@ -25,7 +26,7 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes()
-        declared = _content_length(scope)
+        declared = _declared_length(scope)
         if declared is not None:
             if declared > limit:
                 await self._refuse(scope, receive, send, limit)
@@ -61,11 +62,12 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _declared_length(scope: Scope) -> int | None:
+    """Content-Length, when it alone frames the body (no Transfer-Encoding)."""
+    headers = dict(scope.get("headers", ()))
+    if b"transfer-encoding" in headers:
+        return None
+    try:
+        return int(headers[b"content-length"])
+    except (KeyError, ValueError):
+        return None

@@ -92,7 +92,8 @@ async def run_in_workspace(
     `execution_lock`. `report` is filled in even when the run is cancelled."""
     settings = get_settings()
     report = report if report is not None else git.GitReport()
-    error = await run_git_sync()
+    # A sync cut short would leave a half-done rebase: it finishes (bounded) first.
+    error = await complete_even_if_cancelled(run_git_sync())
     if isinstance(error, str):  # (a patched sync may return anything)
         report.sync_error = error
         if settings.git_sync_required:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 # prompt goes to the CLI's stdin instead, which it reads when no prompt is given.
 MAX_ARGV_PROMPT_BYTES = 100 * 1024
 
-# Never handed to the agent: a Bash tool could read the service's own token,
-# and CLAUDECODE makes a nested CLI think it runs inside another session.
-_WITHHELD_ENV = frozenset({"API_BEARER_TOKEN", "CLAUDECODE"})
+# Never handed to the agent: a Bash tool could read the service's own token or
+# the remote's credentials, and CLAUDECODE makes a nested CLI think it runs
+# inside another session.
+_WITHHELD_ENV = frozenset({"API_BEARER_TOKEN", "CLAUDECODE", "GIT_REPO_URL"})
 
 
 @dataclass(frozen=True, slots=True)

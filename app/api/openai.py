@@ -27,7 +27,7 @@ from app.schemas.openai import (
     PromptTokensDetails,
     Usage,
 )
-from app.workspace.git import GitReport
+from app.workspace.git import GitReport, redact
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -84,12 +84,12 @@ async def chat_completions(
             "(CHAT_TIMEOUT_SECONDS)"
         )
     if not result.ok:
-        raise ExecutionFailed(one_line(result.text) or "the agent run failed")
+        raise ExecutionFailed(one_line(redact(result.text)) or "the agent run failed")
     completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
         model=model,
-        choices=[Choice(message=AssistantMessage(content=result.text))],
+        choices=[Choice(message=AssistantMessage(content=redact(result.text)))],
         usage=openai_usage(result.usage),
     )
     headers = _accounting_headers(result)

@@ -22,7 +22,7 @@ from app.agent.run import AgentRun, SyncFailed
 from app.agent.stream import AgentResult, Event
 from app.jobs.models import JobStatus, Outcome
 from app.jobs.store import JobStore, Row
-from app.workspace.git import GitReport
+from app.workspace.git import GitReport, redact
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ FLUSH_BYTES = 256 * 1024
 # How long the worker sleeps when nothing wakes it (a safety net, not the path).
 IDLE_POLL_S = 5.0
 LOCK_POLL_S = 0.1
+STOP_WAIT_S = 300.0
 PRUNE_INTERVAL_S = 3600.0
 # How long a cancel request waits for the killed run to be recorded.
 CANCEL_WAIT_S = 15.0
@@ -85,6 +86,7 @@ class EventSink:
         text = line.decode(errors="replace").strip()
         if not text:
             return
+        text = redact(text)  # the agent may print a remote URL with its password
         if event is None:
             kind, data = "raw", json.dumps({"type": "raw", "line": text})
         else:
@@ -131,9 +133,9 @@ def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
         answer = result.text
     return Outcome(
         status=status,
-        result=answer if isinstance(answer, str) else None,
+        result=redact(answer) if isinstance(answer, str) else None,
         is_error=status is not JobStatus.COMPLETED,
-        error=error,
+        error=redact(error) if error else None,
         session_id=result.session_id,
         total_cost_usd=result.total_cost_usd,
         num_turns=result.num_turns,
@@ -141,7 +143,7 @@ def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
         usage=result.usage,
         permission_denials=result.permission_denials,
         exit_code=result.exit_code,
-        stderr_tail=result.stderr_tail or None,
+        stderr_tail=redact(result.stderr_tail) or None,
     )
 
 
@@ -222,8 +224,12 @@ class Worker:
                 self._cancel_reason = JobStatus.INTERRUPTED
                 run.cancel()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: the run's clean-up (kill the group, push its work) is
+            # bounded by its own timeouts; this is the backstop
+            stopped, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+            if not stopped:
+                logger.error("the job worker did not stop in %.0fs; cancelling it", STOP_WAIT_S)
+                self._task.cancel()
 
     # -- cancelling ----------------------------------------------------------
 

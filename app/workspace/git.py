@@ -21,12 +21,17 @@ from app.agent.process import terminate_group
 
 logger = logging.getLogger(__name__)
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# userinfo (RFC 3986 characters, plus a raw "@" some passwords hold) up to the
+# last "@" before the host; never across a quote, so JSON lines stay JSON
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+@")
+# The work tree is the agent's: its hooks and fsmonitor must not run as the service.
+_UNTRUSTED_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _REJECTED = re.compile(r"\[rejected\]|\[remote rejected\]|non-fast-forward|fetch first")
 DEFAULT_AUTHOR = ("Claude Agent Service", "agent-service@localhost")
 PUSH_RETRIES = 3
 SUBJECT_LIMIT = 72
 FALLBACK_PREFIX = "agent-service/"
+_PUSH = ("push", "--quiet", "--porcelain", "--no-verify", "origin")
 
 
 class WorkspaceError(Exception):
@@ -68,10 +73,14 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
-def git_environment() -> dict[str, str]:
+def git_environment(work_tree: Path | None = None) -> dict[str, str]:
+    """git's environment: no prompts, and never a repository above `work_tree`
+    (if the agent deleted `.git`, git must not find the service's own)."""
     env = child_environment(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    if work_tree is not None:
+        env["GIT_CEILING_DIRECTORIES"] = str(work_tree.resolve().parent)
     return env
 
 
@@ -131,7 +140,7 @@ def ensure_workspace(
 def _run_sync(cwd: Path, *args: str, timeout_s: float) -> None:
     try:
         done = subprocess.run(
-            ("git", *args),
+            ("git", *_UNTRUSTED_CONFIG, *args),
             cwd=cwd,
             env=git_environment(),
             stdin=subprocess.DEVNULL,
@@ -150,7 +159,9 @@ def _run_sync(cwd: Path, *args: str, timeout_s: float) -> None:
 # -- running git -------------------------------------------------------------------
 
 
-async def run_git(*args: str, cwd: Path, timeout_s: float) -> GitResult:
+async def run_git(
+    *args: str, cwd: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> GitResult:
     """Run one git command, bounded; on timeout its process group is killed.
 
     A git that cannot start (no git, no workspace) is a failed command too.
@@ -158,9 +169,10 @@ async def run_git(*args: str, cwd: Path, timeout_s: float) -> GitResult:
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
+            *_UNTRUSTED_CONFIG,
             *args,
             cwd=cwd,
-            env=git_environment(),
+            env={**git_environment(cwd), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -186,11 +198,11 @@ class Git:
         self.path = path
         self.timeout_s = timeout_s
 
-    async def __call__(self, *args: str) -> GitResult:
-        return await run_git(*args, cwd=self.path, timeout_s=self.timeout_s)
+    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> GitResult:
+        return await run_git(*args, cwd=self.path, timeout_s=self.timeout_s, env=env)
 
-    async def value(self, *args: str) -> str | None:
-        done = await self(*args)
+    async def value(self, *args: str, env: dict[str, str] | None = None) -> str | None:
+        done = await self(*args, env=env)
         return done.output.strip() if done.ok and done.output.strip() else None
 
     async def has_origin(self) -> bool:
@@ -201,6 +213,31 @@ class Git:
 
     async def head(self) -> str | None:
         return await self.value("rev-parse", "--verify", "--quiet", "HEAD")
+
+    async def current_branch(self) -> str | None:
+        return await self.value("symbolic-ref", "--quiet", "--short", "HEAD")
+
+    async def in_progress(self) -> str | None:
+        """The operation the work tree is in the middle of ("rebase", "merge", ...)."""
+        markers = {
+            "rebase-merge": "rebase",
+            "rebase-apply": "rebase",
+            "MERGE_HEAD": "merge",
+            "CHERRY_PICK_HEAD": "cherry-pick",
+            "REVERT_HEAD": "revert",
+        }
+        args = [arg for marker in markers for arg in ("--git-path", marker)]
+        done = await self("rev-parse", *args)
+        if not done.ok:
+            return None
+        for found, operation in zip(done.output.splitlines(), markers.values(), strict=False):
+            if (self.path / found).exists():
+                return operation
+        return None
+
+    async def stash_count(self) -> int:
+        done = await self("stash", "list")
+        return len(done.output.splitlines()) if done.ok else 0
 
     async def fetch(self, branch: str) -> str | None:
         """Fetch `origin/<branch>`; None on success or when the remote lacks the branch."""
@@ -218,13 +255,21 @@ class Git:
             is None
         ):
             return None  # nothing upstream yet
+        head = await self.head()
+        stashes = await self.stash_count()
         done = await self("rebase", "--autostash", f"origin/{branch}")
-        if done.ok:
+        if done.ok and not await self.value("ls-files", "--unmerged"):
             return None
-        git_dir = self.path / ".git"
-        if (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
+        # The rebase failed, or it worked but the stashed changes did not apply
+        # cleanly (git says 0 then): go back to exactly where we were.
+        if await self.in_progress() == "rebase":
             await self("rebase", "--abort")
-        return f"rebase onto origin/{branch} failed, kept the local state: {done.line}"
+        elif head is not None:
+            await self("reset", "--quiet", "--hard", head)
+            if await self.stash_count() > stashes:
+                await self("stash", "pop", "--quiet")
+        reason = done.line if not done.ok else "the local changes conflict with it"
+        return f"rebase onto origin/{branch} failed, kept the local state: {reason}"
 
 
 # -- before a run ----------------------------------------------------------------------
@@ -261,8 +306,14 @@ async def sync_workspace(
     if not await git.has_origin():
         return None
     name = await git.branch(branch)
-    if name is None:
+    operation = await git.in_progress()
+    if operation is not None:
+        return f"the workspace is in the middle of a {operation}; not syncing"
+    current = await git.current_branch()
+    if name is None or current is None:
         return "the workspace is not on a branch (detached HEAD); not syncing"
+    if current != name:
+        return f"the workspace is on branch {current}, not {name}; not syncing"
     if throttle is not None and not throttle.due(path, min_interval_s):
         return None
     error = await git.fetch(name)
@@ -305,26 +356,37 @@ async def publish(
     keeps the commits local, for the next run to push.
     """
     git = Git(path, timeout_s)
-    name = await git.branch(branch)
-    if await git.value("status", "--porcelain", "--untracked-files=all"):
+    current = await git.current_branch()
+    name = branch or current
+    operation = await git.in_progress()
+    if operation is not None or current is None or current != name:
+        why = (
+            f"in the middle of a {operation}"
+            if operation
+            else f"on branch {current}"
+            if current
+            else "on a detached HEAD"
+        )
+        await _rescue(git, report, subject, run_id, name, operation, why, author)
+        return
+    assert name is not None
+    status = await git.value(
+        "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=dirty"
+    )
+    if status:
         await git("add", "--all")
         done = await git(*_identity(author), "commit", "--quiet", "--no-verify", "-m", subject)
-        if not done.ok:
+        if not done.ok:  # the agent's own commits still go out
             report.push_error = f"git commit failed: {done.line}"
-            report.head_after = await git.head()
-            return
     report.head_after = await git.head()
     if not await git.has_origin():
         report.push_error = "the workspace has no origin to push to"
-        return
-    if name is None:
-        report.push_error = "the workspace is not on a branch (detached HEAD); not pushing"
         return
     for attempt in range(PUSH_RETRIES + 1):
         outgoing = await _outgoing(git)
         if not outgoing:
             return
-        done = await git("push", "--quiet", "--porcelain", "origin", f"HEAD:refs/heads/{name}")
+        done = await git(*_PUSH, f"HEAD:refs/heads/{name}")
         if done.ok:
             report.pushed, report.branch, report.commits = True, name, outgoing
             report.head_after = await git.head()
@@ -352,7 +414,7 @@ async def _push_aside(git: Git, report: GitReport, name: str, run_id: str) -> No
     """Put the agent's commits on their own remote branch; reset to origin/<branch>."""
     outgoing = await _outgoing(git)
     aside = f"{FALLBACK_PREFIX}{run_id}"
-    done = await git("push", "--quiet", "--porcelain", "origin", f"HEAD:refs/heads/{aside}")
+    done = await git(*_PUSH, f"HEAD:refs/heads/{aside}")
     if not done.ok:
         report.push_error = f"{report.push_error}; pushing to {aside} failed too: {done.line}"
         return
@@ -362,3 +424,56 @@ async def _push_aside(git: Git, report: GitReport, name: str, run_id: str) -> No
         report.push_error = f"{report.push_error}; could not reset to origin/{name}: {reset.line}"
     report.head_after = await git.head()
     logger.warning("run %s: commits pushed to %s instead of %s", run_id, aside, name)
+
+
+async def _rescue(
+    git: Git,
+    report: GitReport,
+    subject: str,
+    run_id: str,
+    branch: str | None,
+    operation: str | None,
+    why: str,
+    author: tuple[str, str],
+) -> None:
+    """The agent left the work tree mid-operation, detached or on another
+    branch: save all of it (conflicts, untracked files) as one commit on
+    `agent-service/<run_id>`, locally and on the remote, then put the
+    workspace back on `branch`, clean."""
+    aside = f"{FALLBACK_PREFIX}{run_id}"
+    index = await git.value("rev-parse", "--git-path", "agent-service-index")
+    if index is None:
+        report.push_error = f"the agent left the workspace {why}; could not save it"
+        return
+    temp_index = {"GIT_INDEX_FILE": str(git.path / index)}
+    await git("add", "--all", env=temp_index)
+    tree = await git.value("write-tree", env=temp_index)
+    (git.path / index).unlink(missing_ok=True)
+    head = await git.head()
+    parents = ["-p", head] if head else []
+    saved = await git.value(
+        *_identity(author),
+        "commit-tree",
+        str(tree),
+        *parents,
+        "-m",
+        f"{subject}\n\nThe agent left the workspace {why}; this is its whole work tree.",
+    )
+    if tree is None or saved is None:
+        report.push_error = f"the agent left the workspace {why}; could not save it"
+        return
+    await git("update-ref", f"refs/agent-service/{run_id}", saved)  # kept even if the push fails
+    report.commits, report.branch = [saved], aside
+    pushed = await git(*_PUSH, f"{saved}:refs/heads/{aside}")
+    report.pushed = pushed.ok
+    report.push_error = f"the agent left the workspace {why}; its work tree is on {aside}"
+    if not pushed.ok:
+        report.push_error += f" (local ref only, the push failed: {pushed.line})"
+    if operation is not None:
+        await git(operation, "--abort")
+    if branch is not None:
+        await git("checkout", "--quiet", "--force", branch)
+        await git("reset", "--quiet", "--hard")
+        await git("clean", "-fdq")
+    report.head_after = await git.head()
+    logger.warning("run %s: %s", run_id, report.push_error)

@@ -56,8 +56,14 @@ def test_a_prompt_at_the_limit_stays_in_argv() -> None:
     assert command.stdin is None
 
 
-def test_child_environment_withholds_the_token_and_claudecode() -> None:
+def test_child_environment_withholds_the_token_the_remote_and_claudecode() -> None:
     env = child_environment(
-        {"API_BEARER_TOKEN": "secret", "CLAUDECODE": "1", "PATH": "/bin", "HOME": "/root"}
+        {
+            "API_BEARER_TOKEN": "secret",
+            "CLAUDECODE": "1",
+            "GIT_REPO_URL": "https://bot:pw@git.example/r.git",
+            "PATH": "/bin",
+            "HOME": "/root",
+        }
     )
     assert env == {"PATH": "/bin", "HOME": "/root"}

@@ -327,3 +327,13 @@ def test_the_job_api_needs_the_token(shared: tuple[Server, Path]) -> None:
             response = anonymous.request(method, path)
             assert response.status_code == 401
             assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_remote_credentials_the_agent_prints_are_redacted_in_the_record(
+    client: httpx.Client,
+) -> None:
+    job = wait_for(client, submit(client, "@fake:say=pushed_to_https://bot:hunter2@git.example/r"))
+    assert job["result"] == "pushed to https://***@git.example/r"
+    events = list(sse(client, job["job_id"]))
+    assert all("hunter2" not in e["data"] for e in events)
+    assert any("https://***@git.example/r" in e["data"] for e in events if e["event"] == "result")
