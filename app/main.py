@@ -98,8 +98,8 @@ async def run_in_workspace(
         report.sync_error = error
         if settings.git_sync_required:
             raise SyncFailed(error)
-    workspace = git.Git(settings.workspace_dir, settings.git_sync_timeout_seconds)
     if settings.git_push:
+        workspace = git.Git(settings.workspace_dir, settings.git_sync_timeout_seconds)
         report.head_before = await workspace.head()
     command = build_command(
         claude_bin=settings.claude_bin,

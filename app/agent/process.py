@@ -199,7 +199,7 @@ async def _lines(stdout: Any) -> AsyncGenerator[bytes, None]:
 async def _drain_tail(stream: Any, sink: bytearray) -> None:
     """Read a stream to EOF so its pipe never fills, keeping only its tail."""
     if isinstance(stream, asyncio.StreamReader):
-        while chunk := await stream.read(64 * 1024):
+        while chunk := await stream.read(_CHUNK_BYTES):
             sink += chunk
             del sink[:-STDERR_TAIL_BYTES]
     else:  # anything else that offers read() (a wrapped pipe, a test double)

@@ -208,9 +208,6 @@ class Git:
     async def has_origin(self) -> bool:
         return (await self("remote", "get-url", "origin")).ok
 
-    async def branch(self, configured: str | None) -> str | None:
-        return configured or await self.value("symbolic-ref", "--quiet", "--short", "HEAD")
-
     async def head(self) -> str | None:
         return await self.value("rev-parse", "--verify", "--quiet", "HEAD")
 
@@ -244,8 +241,8 @@ class Git:
         done = await self("fetch", "--quiet", "--no-tags", "origin", branch)
         if done.ok or "couldn't find remote ref" in done.output:
             return None
-        if done.returncode is None:
-            return done.output
+        if done.returncode is None:  # timed out
+            return f"{done.output} (GIT_SYNC_TIMEOUT_SECONDS)"
         return f"git fetch failed: {done.line}"
 
     async def rebase_onto(self, branch: str) -> str | None:
@@ -305,11 +302,11 @@ async def sync_workspace(
     git = Git(path, timeout_s)
     if not await git.has_origin():
         return None
-    name = await git.branch(branch)
     operation = await git.in_progress()
     if operation is not None:
         return f"the workspace is in the middle of a {operation}; not syncing"
     current = await git.current_branch()
+    name = branch or current
     if name is None or current is None:
         return "the workspace is not on a branch (detached HEAD); not syncing"
     if current != name:
@@ -317,12 +314,10 @@ async def sync_workspace(
     if throttle is not None and not throttle.due(path, min_interval_s):
         return None
     error = await git.fetch(name)
-    if error is None and throttle is not None:
-        throttle.mark(path)
     if error is not None:
-        if error.startswith("git fetch timed out"):
-            return f"git fetch timed out after {timeout_s:g}s (GIT_SYNC_TIMEOUT_SECONDS)"
         return error
+    if throttle is not None:
+        throttle.mark(path)
     return await git.rebase_onto(name)
 
 
