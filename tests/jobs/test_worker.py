@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.agent.run import AgentRun
+from app.agent.process import SpawnError
+from app.agent.run import AgentRun, SyncFailed
 from app.agent.stream import AgentResult
 from app.jobs.models import NewJob
 from app.jobs.store import JobStore
@@ -59,3 +60,53 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
         assert ran == ["job"]
     finally:
         await worker.stop(grace_s=5)
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (
+            SpawnError("the Claude CLI 'claude' was not found (set CLAUDE_BIN)"),
+            "the Claude CLI 'claude' was not found (set CLAUDE_BIN)",
+        ),
+        (
+            SyncFailed("git fetch failed: unreachable"),
+            "git sync failed (GIT_SYNC_REQUIRED): git fetch failed: unreachable",
+        ),
+        (RuntimeError("boom"), "internal error: boom"),
+    ],
+)
+async def test_a_run_that_cannot_start_fails_the_job_and_the_queue_goes_on(
+    store: JobStore, raised: Exception, error: str
+) -> None:
+    calls: list[str] = []
+
+    async def execute(run: AgentRun, **_: Any) -> AgentResult:
+        calls.append(run.prompt)
+        if run.prompt == "first":
+            raise raised
+        return AgentResult(ok=True, text="ok", exit_code=0)
+
+    worker = Worker(
+        store,
+        JobEvents(),
+        execute=execute,
+        workspace_lock=asyncio.Lock,
+        max_event_bytes=2**20,
+        retention=timedelta(days=1),
+    )
+    first, _ = await store.submit(NewJob("first", "haiku", 1, 60), max_queued=10)
+    second, _ = await store.submit(NewJob("second", "haiku", 1, 60), max_queued=10)
+    worker.start()
+    try:
+        for _ in range(100):
+            if await store.status(second["id"]) == "completed":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop(grace_s=5)
+    failed = await store.get(first["id"])
+    assert failed is not None
+    assert (failed["status"], failed["error"], failed["is_error"]) == ("failed", error, True)
+    assert calls == ["first", "second"]
+    assert await store.status(second["id"]) == "completed"

@@ -144,3 +144,19 @@ def test_redaction_covers_at_signs_in_passwords_and_keeps_json_intact() -> None:
     assert redact(line) == line  # never across a quote
     event = json.dumps({"text": "cloned https://bot:hunter2@git.example/r.git"})
     assert json.loads(redact(event))["text"] == "cloned https://***@git.example/r.git"
+
+
+async def test_a_rescue_whose_push_fails_keeps_the_work_in_a_local_ref(
+    ws: Path, tmp_path: Path
+) -> None:
+    git("checkout", "--quiet", "--detach", cwd=ws)
+    (ws / "stranded.txt").write_text("only here\n")
+    git("remote", "set-url", "origin", str(tmp_path / "gone.git"), cwd=ws)
+    report = await run_publish(ws, "run-3")
+    assert not report.pushed
+    assert "local ref only" in (report.push_error or "")
+    saved = report.commits[0]
+    assert git("rev-parse", "refs/agent-service/run-3", cwd=ws) == saved
+    assert git("show", f"{saved}:stranded.txt", cwd=ws) == "only here"
+    assert git("symbolic-ref", "--short", "HEAD", cwd=ws) == "main"
+    assert git("status", "--porcelain", cwd=ws) == ""
