@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,15 @@ def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
         timeout=60,
         check=False,
     )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    """Poll `condition` until it holds (bounded); fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout_s}s")
+        time.sleep(0.05)
 
 
 def read_log(path: Path) -> list[dict]:

@@ -49,8 +49,11 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
         worker.wake()
         await asyncio.sleep(0.3)  # the worker has seen the job and the held lock
         assert ran == []
-        lock.release()  # the chat ends; another chat arrives at once and must get in
-        await asyncio.wait_for(lock.acquire(), 0.05)
+        # The chat ends and another arrives in the same step: it must find the
+        # workspace free and take it at once, not queue behind a waiting worker.
+        lock.release()
+        async with asyncio.timeout(0.05):  # no new task: nothing runs in between
+            await lock.acquire()
         assert ran == []  # ...before the job, not behind it
         lock.release()
         for _ in range(100):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests.conftest import (
     make_remote,
     push_change,
     start_server,
+    wait_until,
 )
 from tests.jobs.helpers import submit, wait_for
 
@@ -145,10 +145,11 @@ def test_a_conflicting_push_mid_run_lands_on_its_own_branch(
 def test_a_cancelled_run_still_has_its_work_pushed(
     served: tuple[Server, Path], remote: Path
 ) -> None:
-    with served[0].client() as client:
+    server, ws = served
+    with server.client() as client:
         job_id = submit(client, "unfinished @fake:write=partial.txt @fake:sleep=60")
         wait_for(client, job_id, {"running"})
-        time.sleep(0.5)
+        wait_until(lambda: (ws / "partial.txt").exists(), "the agent wrote partial.txt")
         assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
         job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled"
