@@ -7,6 +7,7 @@ import copy
 import math
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -15,6 +16,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from app import __version__
 from app.settings import get_settings
+from app.shutdown import SHUTDOWN_MARGIN_S, shutdown
 from app.workspace.git import WorkspaceError, ensure_workspace, redact
 
 EXIT_CONFIG = 2
@@ -60,11 +62,20 @@ def serve(*, host: str | None, port: int | None) -> int:
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_config=_log_config(),
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        # a backstop: the drain (app.shutdown) ends the connections before it
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_S),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     return 0 if server.started else EXIT_WORKSPACE
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, telling the app the moment a shutdown signal arrives."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        shutdown.begin()
 
 
 def _log_config() -> dict[str, Any]:

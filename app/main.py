@@ -29,6 +29,7 @@ from app.jobs.store import JobStore
 from app.jobs.worker import JobEvents, JobRuntime, Worker
 from app.limits import BodySizeLimit
 from app.settings import get_settings
+from app.shutdown import shutdown
 from app.workspace import git
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ async def run_agent(run: AgentRun, *, report: git.GitReport | None = None) -> Ag
     """
     lock = execution_lock
     if lock.locked():
-        raise AgentBusy
+        raise AgentBusy("agent is busy")
+    if shutdown.begun:
+        raise AgentBusy("the service is shutting down")
     async with lock:
         this = asyncio.current_task()
         assert this is not None
@@ -135,13 +138,26 @@ async def run_in_workspace(
             )
 
 
-async def _end_chat_runs() -> None:
-    """Cancel the runs of requests uvicorn gave up on, and wait for their clean-up."""
+async def _end_chat_runs(grace_s: float) -> None:
+    """Give the chat runs `grace_s` to finish, then cancel them and wait for
+    their clean-up (bounded)."""
     runs = set(_chat_runs)
-    for task in runs:
+    if not runs:
+        return
+    _, running = await asyncio.wait(runs, timeout=grace_s)
+    for task in running:
+        logger.warning("shutting down: cancelling a chat run")
         task.cancel()
-    if runs:
-        await asyncio.wait(runs, timeout=_CLEANUP_GRACE_S)
+    if running:
+        await asyncio.wait(running, timeout=_CLEANUP_GRACE_S)
+
+
+async def _drain(begun: asyncio.Event, worker: Worker, grace_s: float) -> None:
+    """When the shutdown begins: stop claiming jobs, give the running job and the
+    chat runs `grace_s`, then end them."""
+    await begun.wait()
+    logger.info("shutting down: the running job and chats get %gs to finish", grace_s)
+    await asyncio.gather(worker.stop(grace_s), _end_chat_runs(grace_s))
 
 
 def _workspace_lock() -> asyncio.Lock:
@@ -176,13 +192,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await worker.recover()
     worker.start()
+    begun = shutdown.arm()
+    draining = asyncio.create_task(_drain(begun, worker, settings.shutdown_grace_seconds))
     app.state.jobs = JobRuntime(store, hub, worker)
     logger.info("serving workspace %s with %s", settings.workspace_dir, settings.claude_bin)
     try:
         yield
     finally:
-        await worker.stop(settings.shutdown_grace_seconds)
-        await _end_chat_runs()
+        begun.set()  # already set when `serve` saw the signal
+        await draining
+        shutdown.disarm()
         left = await drain(_CLEANUP_GRACE_S)
         if left:
             logger.error("%d clean-ups (process kills, pushes) did not finish at shutdown", left)

@@ -101,3 +101,30 @@ def test_sigterm_stops_the_server_cleanly(service_env: dict[str, str], tmp_path:
     # uvicorn re-raises the signal after its graceful shutdown, as it should
     assert srv.stop(signal.SIGTERM) == -signal.SIGTERM
     assert "Application shutdown complete" in srv.log()
+
+
+def test_at_sigterm_a_chat_gets_the_grace_then_a_503(
+    service_env: dict[str, str], tmp_path: Path, fake_log: Path
+) -> None:
+    srv = start_server({**service_env, "SHUTDOWN_GRACE_SECONDS": "1"}, tmp_path / "own.log")
+    client = sdk(srv)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            client.chat.completions.create,
+            model="haiku",
+            messages=[{"role": "user", "content": "@fake:grandchild @fake:sleep=60"}],
+        )
+        deadline = time.monotonic() + 10
+        while not read_log(fake_log) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        srv.stop(signal.SIGTERM, timeout_s=30)
+        with pytest.raises(openai.InternalServerError) as err:
+            slow.result(timeout=5)
+    assert err.value.status_code == 503
+    assert err.value.response.json() == {
+        "error": "execution failed",
+        "detail": "the service shut down during the run; it was cancelled",
+    }
+    (call,) = read_log(fake_log)
+    assert group_members(call["pgid"]) == []
+    assert "Application shutdown complete" in srv.log()

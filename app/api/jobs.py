@@ -18,6 +18,7 @@ from app.jobs.models import JobStatus, NewJob
 from app.jobs.store import IdempotencyConflict, QueueFull
 from app.jobs.worker import events_after
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
+from app.shutdown import SHUTDOWN_MARGIN_S
 
 router = APIRouter(tags=["jobs"])
 
@@ -162,6 +163,7 @@ def _already_ended(job_id: str, status: str) -> ServiceError:
 async def job_events(
     job_id: str,
     jobs: JobsDep,
+    settings: SettingsDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     if await jobs.store.status(job_id) is None:
@@ -176,7 +178,10 @@ async def job_events(
         async for seq, kind, data in events_after(jobs.store, jobs.hub, job_id, after):
             yield ServerSentEvent(data=data, event=kind, id=str(seq))
 
-    return EventSourceResponse(stream(), ping=SSE_PING_S)
+    # At shutdown the stream goes on until the running job's end is recorded
+    # (the grace, then the kill); it ends before uvicorn's own backstop.
+    shutdown_grace_s = settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_S - 2
+    return EventSourceResponse(stream(), ping=SSE_PING_S, shutdown_grace_period=shutdown_grace_s)
 
 
 def _request_hash(body: ExecuteRequest) -> str:

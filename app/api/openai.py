@@ -72,9 +72,9 @@ async def chat_completions(
     report = GitReport()
     try:
         result = await _until_disconnected(request, run_agent(run, report=report))
-    except AgentBusy:
+    except AgentBusy as exc:
         raise ExecutionFailed(
-            "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
+            str(exc) or "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
         ) from None
     except (SpawnError, SyncFailed) as exc:
         raise ExecutionFailed(one_line(str(exc))) from None
@@ -134,6 +134,11 @@ async def _until_disconnected(request: Request, work: Any) -> AgentResult:
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done and task.cancelled():  # by the shutdown, not by this request
+                raise ExecutionFailed(
+                    "the service shut down during the run; it was cancelled",
+                    headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+                )
             if done:
                 return task.result()
             if await request.is_disconnected():

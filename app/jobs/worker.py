@@ -59,6 +59,7 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self.closing = False
 
     def waiter(self, job_id: str) -> asyncio.Event:
         return self._events.setdefault(job_id, asyncio.Event())
@@ -67,6 +68,12 @@ class JobEvents:
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()
+
+    def close(self) -> None:
+        """The service is stopping: streams of jobs that will not run now end."""
+        self.closing = True
+        for job_id in list(self._events):
+            self.notify(job_id)
 
 
 class EventSink:
@@ -215,6 +222,7 @@ class Worker:
         """Stop claiming; give the running job `grace_s`, then interrupt it."""
         self._stopping = True
         self._wake.set()
+        self._hub.close()
         current = self._current
         if current is not None:
             _, run = current
@@ -363,7 +371,8 @@ class Worker:
 async def events_after(
     store: JobStore, hub: JobEvents, job_id: str, after: int, page: int = 500
 ) -> AsyncIterator[tuple[int, str, str]]:
-    """Every event of a job after `after`, live, ending after the terminal status."""
+    """Every event of a job after `after`, live, ending after the terminal status
+    (or, when the service stops, after the last event of a job it will not run)."""
     while True:
         changed = hub.waiter(job_id)
         status = await store.status(job_id)
@@ -374,6 +383,8 @@ async def events_after(
         if rows:
             continue
         if status is None or status.terminal:
+            return
+        if hub.closing and status is not JobStatus.RUNNING:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), IDLE_POLL_S)

@@ -12,6 +12,7 @@ import pytest
 
 from app import main as app_main
 from app.main import app
+from app.shutdown import shutdown
 from tests.conftest import TOKEN, read_log
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -149,6 +150,22 @@ async def test_busy_is_a_503_with_retry_after(client: httpx.AsyncClient) -> None
     assert (await slow).status_code == 200
     health = await client.get("/health")
     assert health.json()["busy"] is False
+
+
+async def test_a_chat_after_the_shutdown_began_is_a_503(client: httpx.AsyncClient) -> None:
+    begun = shutdown.arm()
+    try:
+        shutdown.begin()
+        await asyncio.wait_for(begun.wait(), 5)
+        response = await client.post("/v1/chat/completions", json=chat("hi"), headers=AUTH)
+    finally:
+        shutdown.disarm()
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "execution failed",
+        "detail": "the service is shutting down",
+    }
+    assert response.headers["Retry-After"] == "5"
 
 
 @pytest.mark.parametrize(

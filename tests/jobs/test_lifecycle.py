@@ -83,6 +83,48 @@ def test_sigterm_interrupts_the_running_job_after_the_grace_period(
         again.stop()
 
 
+def test_at_sigterm_watchers_see_the_running_job_end_and_the_queued_one_let_go(
+    service_env: dict[str, str], tmp_path: Path, fake_log: Path
+) -> None:
+    """A live event stream is not cut at shutdown: the running job's stream ends
+    with its `interrupted` status; a queued job's ends at once, and the client
+    resumes it after the restart with Last-Event-ID."""
+    env = {**service_env, "SHUTDOWN_GRACE_SECONDS": "1"}
+    server = start_server(env, tmp_path / "s.log")
+    with (
+        server.client() as client,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        running = submit(client, "watched @fake:sleep=60")
+        queued = submit(client, "waiting")
+        wait_for(client, running, {"running"})
+        wait_for_call(fake_log, "watched")
+        watchers = {
+            job: pool.submit(lambda j=job: list(sse(client, j))) for job in (running, queued)
+        }
+        time.sleep(0.5)  # both streams are open and have replayed what there is
+        started = time.monotonic()
+        server.stop(signal.SIGTERM, timeout_s=30)
+        stopped_in = time.monotonic() - started
+        seen = {job: watcher.result(5) for job, watcher in watchers.items()}
+    assert [e["json"]["status"] for e in seen[running] if e["event"] == "status"] == [
+        "queued",
+        "running",
+        "interrupted",
+    ]
+    assert [e["json"]["status"] for e in seen[queued]] == ["queued"]
+    assert stopped_in < 15  # the grace (1 s), the kill, no waiting on open streams
+    assert "without completing response" not in server.log()
+    again = start_server(service_env, tmp_path / "s2.log")
+    try:
+        with again.client() as client:
+            rest = list(sse(client, queued, last_event_id=seen[queued][-1]["id"]))
+            statuses = [e["json"]["status"] for e in rest if e["event"] == "status"]
+            assert statuses == ["running", "completed"]
+    finally:
+        again.stop()
+
+
 def test_after_sigkill_a_restart_interrupts_the_running_job_and_runs_the_queue(
     service_env: dict[str, str], tmp_path: Path, fake_log: Path
 ) -> None:
