@@ -9,6 +9,7 @@ code and the raw output do.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,28 @@ RAW_TEXT_LIMIT_BYTES = 1 * 2**20
 STDERR_TAIL_BYTES = 8 * 1024
 
 Event = dict[str, Any]
+
+# JSON can spell a lone UTF-16 surrogate ("\ud83d": half an emoji the CLI cut
+# in two). Such a string has no UTF-8 form, so neither SQLite nor a JSON
+# response could take it: it becomes U+FFFD when the line is read.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(text: bytes) -> Any:
+    """`json.loads`, with any lone surrogate in a string replaced by U+FFFD."""
+    value = json.loads(text)
+    return _without_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 class LineFramer:
@@ -68,7 +91,7 @@ def parse_line(line: bytes) -> Event | None:
     if not text.startswith(b"{"):
         return None
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         return None
     if isinstance(value, dict) and isinstance(value.get("type"), str):
@@ -219,7 +242,7 @@ class StreamCollector:
         if exit_code != 0 or self._raw_truncated:
             return None
         try:
-            value = json.loads(self._raw)
+            value = loads(self._raw)
         except ValueError:
             return None
         if isinstance(value, dict) and (value.get("type") == "result" or "result" in value):

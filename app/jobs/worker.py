@@ -361,7 +361,14 @@ class Worker:
         final = outcome or Outcome(
             status=JobStatus.INTERRUPTED, is_error=True, error=INTERRUPTED_ERROR
         )
-        await self._store.finish(job_id, final)
+        try:
+            await self._store.finish(job_id, final)
+        except Exception as exc:  # never leave a job `running`: record that much
+            logger.exception("could not store the outcome of job %s", job_id)
+            error = f"internal error: the outcome could not be stored: {exc}"
+            await self._store.finish(
+                job_id, Outcome(status=JobStatus.FAILED, is_error=True, error=error)
+            )
         self._hub.notify(job_id)
         recorded = self._recorded.pop(job_id, None)
         if recorded is not None:

@@ -90,6 +90,19 @@ def test_non_json_and_broken_lines_are_not_events() -> None:
     assert parse_line(b'  {"type": "user"}  \r\n') == {"type": "user"}
 
 
+def test_a_lone_surrogate_the_cli_printed_becomes_a_replacement_character() -> None:
+    # JSON.stringify writes half an emoji as "\ud83d"; a whole pair stays whole
+    line = rb'{"type": "result", "result": "cut \ud83d, whole \ud83d\ude00", "k\uDC00": ["\udfff"]}'
+    event = parse_line(line + b"\n")
+    assert event == {
+        "type": "result",
+        "result": "cut \ufffd, whole \U0001f600",
+        "k\ufffd": ["\ufffd"],
+    }
+    pretty = collect([b'{\n  "type": "result",\n  "result": "half \\ud83d"\n}\n'])
+    assert pretty.finish(exit_code=0, stderr=b"").text == "half \ufffd"
+
+
 def test_without_a_result_a_nonzero_exit_fails_with_the_stderr_tail() -> None:
     collector = collect([b"partial\n"])
     result = collector.finish(exit_code=3, stderr=b"noise\nboom: it broke\n")

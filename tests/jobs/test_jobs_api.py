@@ -96,6 +96,17 @@ def test_a_failed_job_keeps_the_clis_message_and_the_queue_moves_on(client: http
     assert wait_for(client, after)["status"] == "completed"
 
 
+def test_half_an_emoji_in_the_cli_output_is_stored_not_a_stuck_job(client: httpx.Client) -> None:
+    job = wait_for(client, submit(client, "@fake:half_emoji"))
+    assert job["status"] == "completed" and job["result"] == "cut: \ufffd"
+    assert [e["event"] for e in sse(client, job["job_id"])][-1] == "status"
+    chat = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "@fake:half_emoji"}]}
+    )
+    assert chat.status_code == 200
+    assert chat.json()["choices"][0]["message"]["content"] == "cut: \ufffd"
+
+
 def test_chat_completions_get_503_while_a_job_runs(client: httpx.Client) -> None:
     job_id = submit(client, "@fake:sleep=1.5")
     wait_for(client, job_id, {"running"})

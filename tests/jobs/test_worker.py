@@ -113,3 +113,30 @@ async def test_a_run_that_cannot_start_fails_the_job_and_the_queue_goes_on(
     assert (failed["status"], failed["error"], failed["is_error"]) == ("failed", error, True)
     assert calls == ["first", "second"]
     assert await store.status(second["id"]) == "completed"
+
+
+async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobStore) -> None:
+    async def execute(run: AgentRun, **_: Any) -> AgentResult:
+        return AgentResult(ok=True, text="half an emoji: \ud83d", exit_code=0)
+
+    worker = Worker(
+        store,
+        JobEvents(),
+        execute=execute,
+        workspace_lock=asyncio.Lock,
+        max_event_bytes=2**20,
+        retention=timedelta(days=1),
+    )
+    job, _ = await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
+    worker.start()
+    try:
+        for _ in range(100):
+            if (await store.status(job["id"])) not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop(grace_s=5)
+    ended = await store.get(job["id"])
+    assert ended is not None
+    assert ended["status"] == "failed" and ended["finished_at"] is not None
+    assert ended["error"].startswith("internal error: the outcome could not be stored: ")
