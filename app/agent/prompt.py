@@ -70,10 +70,11 @@ def chat_prompt(messages: Sequence[ChatMessage]) -> tuple[str, str]:
         for i, (m, t) in enumerate(zip(messages, texts, strict=True))
         if i != last_user and m.role not in _INSTRUCTION_ROLES
     ]
-    for text in texts:
-        problem = text_problem(text)
-        if problem:
-            raise ServiceError(f"message content {problem}", error="invalid request")
+    for message, text in zip(messages, texts, strict=True):
+        for field, value in (("content", text), ("name", message.name or "")):
+            problem = text_problem(value)
+            if problem:
+                raise ServiceError(f"message {field} {problem}", error="invalid request")
     if not instructions and not transcript:
         return request, request
     sections: dict[str, str] = {}

@@ -26,7 +26,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def loads(text: bytes) -> Any:
+def loads(text: bytes | bytearray) -> Any:
     """`json.loads`, with any lone surrogate in a string replaced by U+FFFD."""
     value = json.loads(text)
     return _without_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value

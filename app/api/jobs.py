@@ -38,7 +38,7 @@ async def execute(
     body: ExecuteRequest,
     settings: SettingsDep,
     jobs: JobsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JSONResponse:
     model = resolve_model(body.model, settings)
     budget = body.max_budget_usd or settings.job_max_budget_usd
@@ -137,7 +137,9 @@ async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
         raise NotFound(f"no job {job_id!r}")
     if JobStatus(row["status"]).terminal:
         raise _already_ended(job_id, row["status"])
-    if not await jobs.store.cancel_queued(job_id):
+    if await jobs.store.cancel_queued(job_id):
+        jobs.hub.notify(job_id)  # its event streams end now
+    else:
         await jobs.worker.cancel(job_id)
     row = await jobs.store.get(job_id)
     assert row is not None

@@ -13,6 +13,7 @@ from app.agent.prompt import text_problem
 from app.jobs.models import JobStatus
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/-]{0,127}$")
 
 
@@ -51,8 +52,12 @@ class ExecuteRequest(BaseModel):
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        if _depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata must nest at most {MAX_METADATA_DEPTH} levels deep")
         try:
-            size = len(json.dumps(value, allow_nan=False).encode())
+            size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode())
+        except UnicodeEncodeError:
+            raise ValueError("metadata must be valid Unicode (it holds a lone surrogate)") from None
         except ValueError:
             raise ValueError("metadata must not hold NaN or Infinity") from None
         if size > MAX_METADATA_BYTES:
@@ -68,6 +73,19 @@ class ExecuteRequest(BaseModel):
             return str(uuid.UUID(value))
         except ValueError:
             raise ValueError("session_id must be a UUID") from None
+
+
+def _depth(value: Any) -> int:
+    """How deep JSON containers nest in `value` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 class JobAccepted(BaseModel):

@@ -296,6 +296,16 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
     [
         (b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}', 400),
         (b'{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}', 400),
+        (
+            b'{"messages": [{"role": "assistant", "name": "a\\u0000b", "content": "x"},'
+            b' {"role": "user", "content": "hi"}]}',
+            400,
+        ),
+        (
+            b'{"messages": [{"role": "assistant", "name": "a\\ud800b", "content": "x"},'
+            b' {"role": "user", "content": "hi"}]}',
+            400,
+        ),
         (b'{"messages": NaN}', 422),
         (b'{"model": Infinity, "messages": [{"role": "user", "content": "hi"}]}', 422),
     ],

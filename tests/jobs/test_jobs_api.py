@@ -42,6 +42,14 @@ def client(shared: tuple[Server, Path]) -> Iterator[httpx.Client]:
         yield c
 
 
+def nested(levels: int) -> dict:
+    """A JSON object `levels` deep."""
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 def calls_for(log: Path, marker: str) -> list[dict]:
     return [c for c in read_log(log) if marker in c["prompt_head"]]
 
@@ -263,9 +271,33 @@ def test_listing_is_newest_first_with_a_cursor_and_a_status_filter(client: httpx
         ({"json": {"prompt": "x", "session_id": "not-a-uuid"}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "metadata": ["a"]}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "metadata": {"k": "v" * 17000}}}, 422, "invalid request"),
+        ({"json": {"prompt": "x", "metadata": {"k": "é" * 9000}}}, 422, "invalid request"),
+        ({"json": {"prompt": "x", "metadata": nested(33)}}, 422, "invalid request"),
+        (
+            {
+                "content": b'{"prompt": "x", "metadata": {"k": "\\ud800"}}',
+                "headers": {"Content-Type": "application/json"},
+            },
+            422,
+            "invalid request",
+        ),
+        (
+            {
+                "content": b'{"prompt": "x", "metadata": {"\\udfff": 1}}',
+                "headers": {"Content-Type": "application/json"},
+            },
+            422,
+            "invalid request",
+        ),
         ({"json": {"prompt": "x", "agent": "--dangerous"}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "surprise": 1}}, 422, "invalid request"),
         ({"json": {"prompt": "nul \x00 inside"}}, 422, "invalid request"),
+        ({"json": {"prompt": "x"}, "headers": {"Idempotency-Key": ""}}, 422, "invalid request"),
+        (
+            {"json": {"prompt": "x"}, "headers": {"Idempotency-Key": "k" * 256}},
+            422,
+            "invalid request",
+        ),
         (
             {
                 "content": b'{"prompt": "x", "metadata": {"n": NaN}}',
@@ -303,6 +335,13 @@ def test_bad_submissions_are_refused_and_nothing_is_stored(
     assert response.json()["error"] == error
     assert response.json()["detail"]
     assert client.get("/jobs", params={"limit": 1}).json()["jobs"] == before
+
+
+def test_metadata_at_the_limits_is_stored_and_echoed(client: httpx.Client) -> None:
+    metadata = {"deep": nested(31), "text": "café ☕ " * 1000, "n": None}
+    job_id = submit(client, "@fake:say=ok", metadata=metadata)
+    assert client.get(f"/jobs/{job_id}").json()["metadata"] == metadata
+    assert job_id in [j["job_id"] for j in client.get("/jobs", params={"limit": 5}).json()["jobs"]]
 
 
 def test_bad_queries_and_unknown_jobs(client: httpx.Client) -> None:

@@ -8,14 +8,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.agent.process import SpawnError
 from app.agent.run import AgentRun, SyncFailed
 from app.agent.stream import AgentResult
+from app.jobs import worker as worker_module
 from app.jobs.models import NewJob
 from app.jobs.store import JobStore
-from app.jobs.worker import JobEvents, Worker
+from app.jobs.worker import JobEvents, JobRuntime, Worker
+from app.main import app
+from tests.conftest import TOKEN
 
 
 @pytest.fixture
@@ -140,3 +144,32 @@ async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobSto
     assert ended is not None
     assert ended["status"] == "failed" and ended["finished_at"] is not None
     assert ended["error"].startswith("internal error: the outcome could not be stored: ")
+
+
+async def test_cancelling_a_queued_job_ends_its_event_streams_at_once(
+    store: JobStore, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "IDLE_POLL_S", 3600.0)  # no polling to fall back on
+    hub = JobEvents()
+    idle = Worker(  # never started: the job stays queued
+        store,
+        hub,
+        execute=None,  # type: ignore[arg-type]
+        workspace_lock=asyncio.Lock,
+        max_event_bytes=2**20,
+        retention=timedelta(days=1),
+    )
+    job, _ = await store.submit(NewJob("waits", "haiku", 1, 60), max_queued=10)
+    monkeypatch.setattr(app.state, "jobs", JobRuntime(store, hub, idle), raising=False)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=auth) as c:
+        # ASGITransport answers once the whole stream has been sent
+        watching = asyncio.create_task(c.get(f"/jobs/{job['id']}/events"))
+        await asyncio.sleep(0.2)  # the stream has replayed `queued` and waits
+        assert not watching.done()
+        assert (await c.post(f"/jobs/{job['id']}/cancel")).status_code == 200
+        stream = await asyncio.wait_for(watching, 10)
+    assert stream.status_code == 200
+    assert stream.text.count("event: status") == 2
+    assert '"status": "cancelled"' in stream.text
