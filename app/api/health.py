@@ -1,4 +1,4 @@
-"""`GET /health`: liveness for load balancers; no auth."""
+"""`GET /health` (and `HEAD`): liveness for load balancers; no auth."""
 
 from __future__ import annotations
 
@@ -10,6 +10,6 @@ from app.api.deps import IsBusyDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(is_busy: IsBusyDep) -> dict[str, object]:
     return {"status": "ok", "busy": is_busy(), "version": __version__}

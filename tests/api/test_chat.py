@@ -289,6 +289,8 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["busy"] is False and body["version"]
+    head = await client.head("/health")
+    assert head.status_code == 200 and head.content == b""
 
 
 @pytest.mark.parametrize(
