@@ -22,6 +22,8 @@ from app.jobs.models import JobStatus, NewJob, Outcome, utc_now
 T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# An event page held for one stream: rows up to about this much data.
+EVENT_PAGE_BYTES = 256 * 1024
 _TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
 _ALWAYS_KEPT = ("status", "result")
 
@@ -235,16 +237,29 @@ class JobStore:
             )
         )
 
-    async def events(self, job_id: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
-        """Events with `seq` > `after`, in order: (seq, type, data)."""
-        return await self._run(self._events, job_id, after, limit)
+    async def events(
+        self, job_id: str, *, after: int, limit: int, max_bytes: int = EVENT_PAGE_BYTES
+    ) -> list[tuple[int, str, str]]:
+        """Events with `seq` > `after`, in order: (seq, type, data); at most
+        `limit` of them, and no more once `max_bytes` of data is reached (at
+        least one), so a page held for a slow reader stays small."""
+        return await self._run(self._events, job_id, after, limit, max_bytes)
 
-    def _events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, str]]:
-        rows = self._conn.execute(
+    def _events(
+        self, job_id: str, after: int, limit: int, max_bytes: int
+    ) -> list[tuple[int, str, str]]:
+        cursor = self._conn.execute(
             "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (job_id, after, limit),
-        ).fetchall()
-        return [(r["seq"], r["type"], r["data"]) for r in rows]
+        )
+        page, size = [], 0
+        for row in cursor:
+            page.append((row["seq"], row["type"], row["data"]))
+            size += len(row["data"])
+            if size >= max_bytes:
+                break
+        cursor.close()
+        return page
 
     # -- the worker's side ---------------------------------------------------
 

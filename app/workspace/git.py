@@ -21,9 +21,12 @@ from app.agent.process import terminate_group
 
 logger = logging.getLogger(__name__)
 
-# userinfo (RFC 3986 characters, plus a raw "@" some passwords hold) up to the
-# last "@" before the host; never across a quote, so JSON lines stay JSON
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+@")
+# userinfo right after a scheme's "://" (RFC 3986 characters, plus a raw "@"
+# some passwords hold) up to the last "@" before the host; never across a
+# quote, so JSON lines stay JSON. Linear time: it is tried only where "://"
+# precedes, and a match stops at the next "/" (a pattern that matched the
+# scheme itself rescanned every run of letters from each of its positions).
+_CREDENTIALS = re.compile(r"(?<=[A-Za-z0-9+.-]://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+@")
 # The work tree is the agent's: its hooks and fsmonitor must not run as the service.
 _UNTRUSTED_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _REJECTED = re.compile(r"\[rejected\]|\[remote rejected\]|non-fast-forward|fetch first")
@@ -70,7 +73,7 @@ class GitReport:
 
 def redact(text: str) -> str:
     """Hide `user:password@` in any URL in `text`."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _CREDENTIALS.sub("***@", text) if "://" in text else text
 
 
 def git_environment(work_tree: Path | None = None) -> dict[str, str]:

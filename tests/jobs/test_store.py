@@ -134,6 +134,22 @@ async def test_events_past_the_cap_are_dropped_but_results_and_statuses_kept(
     assert row is not None and row["events_truncated"] == 1 and row["events_dropped"] == 4
 
 
+async def test_an_event_page_stops_at_its_byte_budget_but_never_empty(store: JobStore) -> None:
+    job, _ = await store.submit(new(), max_queued=9)
+    await store.claim_next()
+    big = json.dumps({"type": "assistant", "pad": "x" * 1000})
+    await store.append_events(job["id"], [("assistant", big)] * 10, max_bytes=2**20)
+    pages, after = [], 0
+    while page := await store.events(job["id"], after=after, limit=100, max_bytes=2000):
+        pages.append([seq for seq, _, _ in page])
+        after = page[-1][0]
+    # 2 small status events (queued, running), then 10 of ~1 KB: a page ends
+    # with the row that reaches 2000 bytes
+    assert pages == [[1, 2, 3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
+    (one,) = await store.events(job["id"], after=2, limit=100, max_bytes=1)
+    assert one[0] == 3
+
+
 async def test_restart_marks_running_jobs_interrupted(store: JobStore) -> None:
     job, _ = await store.submit(new(), max_queued=9)
     waiting, _ = await store.submit(new(), max_queued=9)
