@@ -19,6 +19,8 @@ import httpx
 from bench.server import FAKE_CLAUDE, Server, memory_kib, running_server
 
 FLOOD_SIZES_MB = (20, 200)
+LONG_LINE_SIZES_MIB = (1, 8)
+HEALTH_PROBE_S = 0.05
 JOB_TIMEOUT_S = 300.0
 POLL_S = 0.2
 SAMPLE_S = 0.1
@@ -136,6 +138,55 @@ def bench_flood(size_mb: int) -> dict[str, Any]:
         }
 
 
+class HealthProber:
+    """GETs /health every `HEALTH_PROBE_S` on a thread, timing each answer: how
+    long the server's event loop was kept from serving anyone else."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.latencies: list[float] = []
+
+    def _run(self) -> None:
+        with self._server.client() as http:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    http.get("/health", timeout=120).raise_for_status()
+                except httpx.HTTPError:
+                    return
+                self.latencies.append(time.monotonic() - start)
+                self._stop.wait(HEALTH_PROBE_S)
+
+    def __enter__(self) -> HealthProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(130)
+
+
+def bench_long_line(size_mib: int) -> dict[str, Any]:
+    """One job whose CLI prints a single line of `size_mib` MiB, with /health
+    probed all along."""
+    prompt = f"@fake:huge_line={size_mib * MIB}"
+    with running_server() as server, server.client() as http:
+        run_job(http, "warm up", timeout_s=60)
+        start = time.monotonic()
+        with HealthProber(server) as prober:
+            job = run_job(http, prompt)
+        wall_s = time.monotonic() - start
+    return {
+        "line_mib": size_mib,
+        "wall_s": round(wall_s, 2),
+        "status": job["status"],
+        "health_probes": len(prober.latencies),
+        "health": latency_ms(prober.latencies) if prober.latencies else None,
+    }
+
+
 def latency_ms(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p95 = ordered[math.ceil(0.95 * len(ordered)) - 1]  # nearest rank
@@ -179,13 +230,19 @@ def bench_chat(server: Server) -> dict[str, Any]:
 
 
 def run_all() -> dict[str, Any]:
-    results: dict[str, Any] = {"flood": [], "chat": None, "errors": []}
+    results: dict[str, Any] = {"flood": [], "long_line": [], "chat": None, "errors": []}
     for size in FLOOD_SIZES_MB:
         log(f"flood={size}: running ...")
         try:
             results["flood"].append(bench_flood(size))
         except Exception as exc:
             results["errors"].append(f"flood={size}: {exc}")
+    for size in LONG_LINE_SIZES_MIB:
+        log(f"one line of {size} MiB: running ...")
+        try:
+            results["long_line"].append(bench_long_line(size))
+        except Exception as exc:
+            results["errors"].append(f"long line {size} MiB: {exc}")
     log(f"chat: {CHAT_RUNS} completions and {CHAT_RUNS} direct CLI runs ...")
     try:
         with running_server() as server:
@@ -227,6 +284,17 @@ def render(results: dict[str, Any]) -> str:
         ]
         rows = [("job memory", *(f"flood={r['flood_mb']}" for r in floods))]
         rows += [(name, *(get(r) for r in floods)) for name, get in fields]
+        parts.append(table(rows))
+    long_lines: list[dict[str, Any]] = results["long_line"]
+    if long_lines:
+        probe_keys = ("median_ms", "p95_ms", "max_ms")
+        rows = [("one CLI line of", "job wall (s)", "probes", "/health median", "p95", "max (ms)")]
+        for r in long_lines:
+            health = r["health"] or {}
+            probes = (str(health.get(k, "-")) for k in probe_keys)
+            rows.append(
+                (f"{r['line_mib']} MiB", str(r["wall_s"]), str(r["health_probes"]), *probes)
+            )
         parts.append(table(rows))
     chat = results["chat"]
     if chat:
