@@ -10,6 +10,7 @@ from app.api.deps import IsBusyDep
 router = APIRouter(tags=["health"])
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.get("/health")
+@router.head("/health", include_in_schema=False)
 async def health(is_busy: IsBusyDep) -> dict[str, object]:
     return {"status": "ok", "busy": is_busy(), "version": __version__}
