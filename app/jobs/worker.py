@@ -88,8 +88,14 @@ class EventSink:
         self._pending_bytes = 0
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
+        # from the first event that names it (`system` init): a run killed
+        # before its `result` still leaves a session to resume
+        self.session_id: str | None = None
 
     async def on_line(self, line: bytes, event: Event | None) -> None:
+        if self.session_id is None and event is not None:
+            session = event.get("session_id")
+            self.session_id = session if isinstance(session, str) else None
         text = line.decode(errors="replace").strip()
         if not text:
             return
@@ -361,6 +367,8 @@ class Worker:
         final = outcome or Outcome(
             status=JobStatus.INTERRUPTED, is_error=True, error=INTERRUPTED_ERROR
         )
+        if final.session_id is None:
+            final.session_id = sink.session_id
         try:
             await self._store.finish(job_id, final)
         except Exception as exc:  # never leave a job `running`: record that much

@@ -147,10 +147,14 @@ def test_cancelling_a_running_job_kills_its_process_group(
     while not calls_for(shared[1], tag) and time.monotonic() < deadline:
         time.sleep(0.05)
     (call,) = calls_for(shared[1], tag)
+    live = sse(client, job_id)
+    init = next(e["json"] for e in live if e["event"] == "system")
+    live.close()
     response = client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "cancelled" and job["error"] == "cancelled while running"
+    assert job["session_id"] == init["session_id"] is not None  # resumable
     assert group_members(call["pgid"]) == []
     again = client.post(f"/jobs/{job_id}/cancel")
     assert again.status_code == 409
@@ -178,6 +182,9 @@ def test_a_timed_out_job_is_recorded_and_leaves_no_process(
     assert job["error"] == "the run timed out after 1s (timeout_seconds)"
     (call,) = calls_for(shared[1], tag)
     assert group_members(call["pgid"]) == []
+    # no `result` came, but the init event named the session: it can be resumed
+    init = next(e["json"] for e in sse(client, job_id) if e["event"] == "system")
+    assert job["session_id"] == init["session_id"] is not None
 
 
 def test_events_arrive_live_while_the_job_runs(
