@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -41,6 +42,20 @@ _fetch_throttle = git.FetchThrottle()
 _CLEANUP_GRACE_S = 60.0
 # Runs for requests, so that shutdown can end them cleanly (jobs: the worker).
 _chat_runs: set[asyncio.Task[Any]] = set()
+# Without GIT_BRANCH: the branch checked out at start-up, per workspace. The
+# workspace is kept on it, whatever branch an agent switches to.
+_startup_branch: dict[Path, str | None] = {}
+# The workspace's git config at start-up, put back before the service's git runs.
+_startup_config: dict[Path, git.ConfigSnapshot | None] = {}
+
+
+def _restore_git_config() -> None:
+    git.restore_config(_startup_config.get(get_settings().workspace_dir))
+
+
+def _workspace_branch() -> str | None:
+    settings = get_settings()
+    return settings.git_branch or _startup_branch.get(settings.workspace_dir)
 
 
 async def run_git_sync() -> str | None:
@@ -52,10 +67,11 @@ async def run_git_sync() -> str | None:
     settings = get_settings()
     if not settings.git_sync:
         return None
+    _restore_git_config()
     error = await git.sync_workspace(
         settings.workspace_dir,
         timeout_s=settings.git_sync_timeout_seconds,
-        branch=settings.git_branch,
+        branch=_workspace_branch(),
         min_interval_s=settings.git_sync_min_interval_seconds,
         throttle=_fetch_throttle,
     )
@@ -125,11 +141,12 @@ async def run_in_workspace(
         )
     finally:
         if settings.git_push:
+            _restore_git_config()
             await complete_even_if_cancelled(
                 git.publish(
                     settings.workspace_dir,
                     report,
-                    branch=settings.git_branch,
+                    branch=_workspace_branch(),
                     subject=git.commit_subject(run.summary or run.prompt, run.label),
                     run_id=run.run_id,
                     author=(settings.git_author_name, settings.git_author_email),
@@ -180,6 +197,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repo_url=settings.git_repo_url,
         branch=settings.git_branch,
     )
+    if not settings.git_branch:
+        _startup_branch[settings.workspace_dir] = await asyncio.to_thread(
+            git.checked_out_branch, settings.workspace_dir
+        )
+    _startup_config[settings.workspace_dir] = git.snapshot_config(settings.workspace_dir)
     store = await JobStore.open(settings.data_dir)
     hub = JobEvents()
     worker = Worker(

@@ -27,14 +27,34 @@ logger = logging.getLogger(__name__)
 # precedes, and a match stops at the next "/" (a pattern that matched the
 # scheme itself rescanned every run of letters from each of its positions).
 _CREDENTIALS = re.compile(r"(?<=[A-Za-z0-9+.-]://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+@")
-# The work tree is the agent's: its hooks and fsmonitor must not run as the service.
-_UNTRUSTED_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# The work tree and its .git are the agent's: what it may have configured
+# there to run commands, or to fail every commit, is overridden (command-line
+# config wins). Hooks, fsmonitor, signing, ext:: transports; the pack programs
+# (multi-valued, where the first wins) are named on the fetch and the push.
+_UNTRUSTED_CONFIG = (
+    *("-c", "core.hooksPath=/dev/null"),
+    *("-c", "core.fsmonitor=false"),
+    *("-c", "commit.gpgSign=false"),
+    *("-c", "tag.gpgSign=false"),
+    *("-c", "protocol.ext.allow=never"),
+)
+NOT_A_REPOSITORY = (
+    "the workspace is no longer a git repository (its .git was removed or broken); "
+    "nothing was synced or committed, its files are left as they are"
+)
 _REJECTED = re.compile(r"\[rejected\]|\[remote rejected\]|non-fast-forward|fetch first")
 DEFAULT_AUTHOR = ("Claude Agent Service", "agent-service@localhost")
 PUSH_RETRIES = 3
 SUBJECT_LIMIT = 72
 FALLBACK_PREFIX = "agent-service/"
-_PUSH = ("push", "--quiet", "--porcelain", "--no-verify", "origin")
+_PUSH = (
+    "push",
+    "--quiet",
+    "--porcelain",
+    "--no-verify",
+    "--receive-pack=git-receive-pack",
+    "origin",
+)
 
 
 class WorkspaceError(Exception):
@@ -77,13 +97,16 @@ def redact(text: str) -> str:
 
 
 def git_environment(work_tree: Path | None = None) -> dict[str, str]:
-    """git's environment: no prompts, and never a repository above `work_tree`
-    (if the agent deleted `.git`, git must not find the service's own)."""
+    """git's environment: no prompts; the work tree is `work_tree` whatever
+    core.worktree or core.bare say; never a repository above it (if the agent
+    deleted `.git`, git must not find the service's own)."""
     env = child_environment(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     if work_tree is not None:
-        env["GIT_CEILING_DIRECTORIES"] = str(work_tree.resolve().parent)
+        root = work_tree.resolve()
+        env["GIT_WORK_TREE"] = str(root)
+        env["GIT_CEILING_DIRECTORIES"] = str(root.parent)
     return env
 
 
@@ -138,6 +161,63 @@ def ensure_workspace(
         timeout_s=timeout_s,
     )
     logger.info("initialised an empty git workspace in %s", path)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    """The workspace repository's `config` as the service found it at start-up."""
+
+    path: Path
+    content: bytes
+
+
+def snapshot_config(path: Path) -> ConfigSnapshot | None:
+    """Read the work tree's repository config (None if there is none to read)."""
+    config = path / ".git" / "config"
+    try:
+        return ConfigSnapshot(config, config.read_bytes())
+    except OSError:
+        return None
+
+
+def restore_config(snapshot: ConfigSnapshot | None) -> None:
+    """Put back the config the service started with, before its own git runs.
+
+    `.git/config` is inside the agent's reach: a filter or merge driver, a
+    signing program, a credential helper, another remote URL or work tree
+    written there would otherwise run or act in the service's git.
+    """
+    if snapshot is None:
+        return
+    try:
+        if snapshot.path.read_bytes() == snapshot.content:
+            return
+        snapshot.path.write_bytes(snapshot.content)
+    except OSError as exc:  # .git removed or replaced: the git commands will say so
+        logger.warning("could not restore %s: %s", snapshot.path, exc)
+        return
+    logger.warning("the workspace's git config was changed during the run; restored it")
+
+
+def checked_out_branch(path: Path, timeout_s: float = 30) -> str | None:
+    """The branch the work tree has checked out (None when detached): at
+    start-up, the branch the service keeps the workspace on when GIT_BRANCH
+    is not set, whatever branch an agent switches to later."""
+    try:
+        done = subprocess.run(
+            ("git", *_UNTRUSTED_CONFIG, "symbolic-ref", "--quiet", "HEAD"),
+            cwd=path,
+            env=git_environment(path),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    ref = done.stdout.strip()
+    return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
 
 def _run_sync(cwd: Path, *args: str, timeout_s: float) -> None:
@@ -215,7 +295,21 @@ class Git:
         return await self.value("rev-parse", "--verify", "--quiet", "HEAD")
 
     async def current_branch(self) -> str | None:
-        return await self.value("symbolic-ref", "--quiet", "--short", "HEAD")
+        # the full ref: --short would say "heads/main" if a tag were named main
+        ref = await self.value("symbolic-ref", "--quiet", "HEAD")
+        return ref.removeprefix("refs/heads/") if ref and ref.startswith("refs/heads/") else None
+
+    async def is_repository(self) -> bool:
+        return (await self("rev-parse", "--git-dir")).ok
+
+    async def clear_stale_lock(self) -> None:
+        """Remove an `index.lock` left behind: between runs no git of the agent
+        can still hold it (its process group is gone), and one left would fail
+        every later commit."""
+        lock = await self.value("rev-parse", "--git-path", "index.lock")
+        if lock is not None and (self.path / lock).is_file():
+            (self.path / lock).unlink(missing_ok=True)
+            logger.warning("removed a stale %s from the workspace", lock)
 
     async def in_progress(self) -> str | None:
         """The operation the work tree is in the middle of ("rebase", "merge", ...)."""
@@ -241,7 +335,9 @@ class Git:
 
     async def fetch(self, branch: str) -> str | None:
         """Fetch `origin/<branch>`; None on success or when the remote lacks the branch."""
-        done = await self("fetch", "--quiet", "--no-tags", "origin", branch)
+        done = await self(
+            "fetch", "--quiet", "--no-tags", "--upload-pack=git-upload-pack", "origin", branch
+        )
         if done.ok or "couldn't find remote ref" in done.output:
             return None
         if done.returncode is None:  # timed out
@@ -257,7 +353,7 @@ class Git:
             return None  # nothing upstream yet
         head = await self.head()
         stashes = await self.stash_count()
-        done = await self("rebase", "--autostash", f"origin/{branch}")
+        done = await self("rebase", "--autostash", f"refs/remotes/origin/{branch}")
         if done.ok and not await self.value("ls-files", "--unmerged"):
             return None
         # The rebase failed, or it worked but the stashed changes did not apply
@@ -303,6 +399,9 @@ async def sync_workspace(
     one-line error. A failed rebase is aborted: the local state is kept.
     """
     git = Git(path, timeout_s)
+    if not await git.is_repository():
+        return NOT_A_REPOSITORY
+    await git.clear_stale_lock()
     if not await git.has_origin():
         return None
     operation = await git.in_progress()
@@ -354,6 +453,10 @@ async def publish(
     keeps the commits local, for the next run to push.
     """
     git = Git(path, timeout_s)
+    if not await git.is_repository():
+        report.push_error = NOT_A_REPOSITORY
+        return
+    await git.clear_stale_lock()
     current = await git.current_branch()
     name = branch or current
     operation = await git.in_progress()
@@ -417,7 +520,7 @@ async def _push_aside(git: Git, report: GitReport, name: str, run_id: str) -> No
         report.push_error = f"{report.push_error}; pushing to {aside} failed too: {done.line}"
         return
     report.pushed, report.branch, report.commits = True, aside, outgoing
-    reset = await git("reset", "--quiet", "--hard", f"origin/{name}")
+    reset = await git("reset", "--quiet", "--hard", f"refs/remotes/origin/{name}")
     if not reset.ok:
         report.push_error = f"{report.push_error}; could not reset to origin/{name}: {reset.line}"
     report.head_after = await git.head()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.workspace.git import GitReport, publish, redact, sync_workspace
+from app.workspace.git import NOT_A_REPOSITORY, GitReport, publish, redact, sync_workspace
 from tests.conftest import git, make_remote, push_change
 
 AUTHOR = ("Claude Agent Service", "agent-service@localhost")
@@ -116,9 +116,11 @@ async def test_a_deleted_git_dir_never_leads_git_to_a_parent_repository(tmp_path
     workspace.mkdir()  # no .git: the agent deleted it
     (workspace / "agent.txt").write_text("x\n")
     before = git("status", "--porcelain", cwd=parent)
-    assert await sync_workspace(workspace, timeout_s=30) is None
+    assert await sync_workspace(workspace, timeout_s=30) == NOT_A_REPOSITORY
     report = await run_publish(workspace)
     assert not report.pushed and report.commits == []
+    assert report.push_error == NOT_A_REPOSITORY
+    assert (workspace / "agent.txt").read_text() == "x\n"
     assert git("status", "--porcelain", cwd=parent) == before
     assert git("rev-list", "--count", "HEAD", cwd=parent) == "1"
 
@@ -128,12 +130,49 @@ async def test_a_failed_commit_still_pushes_the_agents_own_commits(
 ) -> None:
     commit(ws, "own.txt", "committed by the agent\n", "agent's own commit")
     (ws / "loose.txt").write_text("uncommitted\n")
-    (ws / ".git" / "index.lock").write_text("")  # a git the agent killed left its lock
+    git("init", "--quiet", str(ws / "nested"), cwd=ws)  # git cannot add a repo with no commit
     report = await run_publish(ws)
     assert report.push_error and report.push_error.startswith("git commit failed")
     assert report.pushed and report.branch == "main"
     assert git("show", "main:own.txt", cwd=tmp_path / "remote.git") == "committed by the agent"
     assert (ws / "loose.txt").exists()  # kept, for the next run to commit
+
+
+async def test_a_stale_index_lock_is_cleared_and_the_work_committed(
+    ws: Path, tmp_path: Path
+) -> None:
+    (ws / "loose.txt").write_text("uncommitted\n")
+    (ws / ".git" / "index.lock").write_text("")  # a git the agent killed left its lock
+    report = await run_publish(ws)
+    assert report.push_error is None and report.pushed
+    assert git("show", "main:loose.txt", cwd=tmp_path / "remote.git") == "uncommitted"
+    assert not (ws / ".git" / "index.lock").exists()
+
+
+async def test_config_the_agent_planted_neither_runs_nor_blocks_commits(
+    ws: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted.sh"
+    planted.write_text(f'#!/bin/sh\necho "$0 $*" >> {marker}\nexit 1\n')
+    planted.chmod(0o755)
+    for key, value in [
+        ("commit.gpgSign", "true"),  # with a signing program that fails
+        ("gpg.program", str(planted)),
+        ("remote.origin.receivepack", str(planted)),
+        ("remote.origin.uploadpack", str(planted)),
+        ("core.worktree", str(tmp_path)),  # would commit the service's files
+        ("core.bare", "true"),
+    ]:
+        git("config", key, value, cwd=ws)
+    (ws / "work.txt").write_text("the agent's work\n")
+    report = await run_publish(ws)
+    assert await sync_workspace(ws, timeout_s=30) is None
+    remote = tmp_path / "remote.git"
+    assert report.pushed and report.push_error is None, report
+    assert git("show", "main:work.txt", cwd=remote) == "the agent's work"
+    assert git("ls-tree", "--name-only", "main", cwd=remote).split() == ["README", "work.txt"]
+    assert not marker.exists()
 
 
 def test_redaction_covers_at_signs_in_passwords_and_keeps_json_intact() -> None:
@@ -160,3 +199,20 @@ async def test_a_rescue_whose_push_fails_keeps_the_work_in_a_local_ref(
     assert git("show", f"{saved}:stranded.txt", cwd=ws) == "only here"
     assert git("symbolic-ref", "--short", "HEAD", cwd=ws) == "main"
     assert git("status", "--porcelain", cwd=ws) == ""
+
+
+async def test_refs_the_agent_names_like_the_branch_do_not_shadow_it(
+    ws: Path, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote.git"
+    root = git("rev-list", "--max-parents=0", "HEAD", cwd=ws)
+    push_change(remote, tmp_path, "theirs.txt", "pushed meanwhile\n")
+    git("tag", "main", root, cwd=ws)  # `main` is now ambiguous
+    git("branch", "origin/main", root, cwd=ws)  # and so is `origin/main`
+    (ws / "work.txt").write_text("the agent's work\n")
+    report = await run_publish(ws)
+    assert report.pushed and report.branch == "main" and report.push_error is None, report
+    assert git("show", "main:work.txt", cwd=remote) == "the agent's work"
+    assert git("show", "main:theirs.txt", cwd=remote) == "pushed meanwhile"
+    assert await sync_workspace(ws, timeout_s=30, branch="main") is None
+    assert (ws / "theirs.txt").exists()

@@ -108,7 +108,8 @@ def test_a_non_conflicting_push_mid_run_is_rebased_over(
     server, ws = served
     with server.client() as client:
         job_id = submit(client, "race\n@fake:write=agent.txt @fake:sleep=1.5")
-        wait_for(client, job_id, {"running"})
+        # mid-run: after the sync, once the agent is at work
+        wait_until(lambda: (ws / "agent.txt").exists(), "the agent wrote agent.txt")
         theirs = push_change(remote, tmp_path, "theirs.txt", "theirs\n")
         job = wait_for(client, job_id)
     assert job["git"]["pushed"] is True and job["git"]["branch"] == "main"
@@ -126,7 +127,11 @@ def test_a_conflicting_push_mid_run_lands_on_its_own_branch(
     server, ws = served
     with server.client() as client:
         job_id = submit(client, "conflict @fake:write=README @fake:sleep=1.5")
-        wait_for(client, job_id, {"running"})
+        # mid-run: after the sync, once the agent is at work
+        wait_until(
+            lambda: (ws / "README").read_text() == "written by fake claude\n",
+            "the agent wrote README",
+        )
         theirs = push_change(remote, tmp_path, "README", "theirs\n")
         job = wait_for(client, job_id)
     aside = f"agent-service/{job_id}"
@@ -140,6 +145,39 @@ def test_a_conflicting_push_mid_run_lands_on_its_own_branch(
     with server.client() as client:  # and the next run starts clean and lands on main
         after = wait_for(client, submit(client, "next @fake:write=next.txt"))
     assert after["git"]["branch"] == "main"
+
+
+def test_an_agent_that_switches_branch_is_set_aside_and_the_workspace_kept_on_its_branch(
+    served: tuple[Server, Path], remote: Path
+) -> None:
+    """GIT_BRANCH unset: the branch checked out at start-up is the one kept."""
+    server, ws = served
+    with server.client() as client:
+        job = wait_for(client, submit(client, "feature @fake:branch=feature @fake:write=f.txt"))
+        aside = f"agent-service/{job['job_id']}"
+        assert job["git"]["pushed"] is True and job["git"]["branch"] == aside
+        assert "on branch feature" in job["git"]["push_error"]
+        assert git("show", f"{aside}:f.txt", cwd=remote) == "written by fake claude"
+        assert git("symbolic-ref", "--short", "HEAD", cwd=ws) == "main"
+        assert git("status", "--porcelain", cwd=ws) == ""
+        after = wait_for(client, submit(client, "next @fake:write=next.txt"))
+    assert after["git"]["branch"] == "main"
+    assert git("show", "main:next.txt", cwd=remote) == "written by fake claude"
+
+
+def test_git_config_the_agent_wrote_is_undone_before_the_service_runs_git(
+    served: tuple[Server, Path], remote: Path, tmp_path: Path
+) -> None:
+    server, ws = served
+    marker = tmp_path / "filter-ran"
+    config = (ws / ".git" / "config").read_text()
+    with server.client() as client:
+        job = wait_for(client, submit(client, f"plant @fake:plant={marker} @fake:write=w.txt"))
+    assert job["git"]["pushed"] is True and job["git"]["branch"] == "main"
+    assert not marker.exists()  # the service's `git add` ran no filter of the agent's
+    assert (ws / ".git" / "config").read_text() == config
+    assert git("show", "main:w.txt", cwd=remote) == "written by fake claude"
+    assert git("show", "main:.gitattributes", cwd=remote) == "* filter=planted"
 
 
 def test_a_cancelled_run_still_has_its_work_pushed(
@@ -208,9 +246,10 @@ def test_an_unreachable_remote_is_reported_without_its_password(
     port = free_port()  # nothing listens there
     secret_url = f"http://agent:hunter2@127.0.0.1:{port}/repo.git"
     env = env_for(tmp_path, remote, GIT_SYNC_TIMEOUT_SECONDS="10")
-    server = start_server(env, tmp_path / "server.log")
     ws = Path(env["WORKSPACE_DIR"])
-    git("remote", "set-url", "origin", secret_url, cwd=ws)
+    git("clone", "--quiet", str(remote), str(ws), cwd=tmp_path)
+    git("remote", "set-url", "origin", secret_url, cwd=ws)  # before start-up: it is kept
+    server = start_server(env, tmp_path / "server.log")
     bodies = []
     try:
         with server.client() as client:

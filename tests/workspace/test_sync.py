@@ -66,9 +66,15 @@ async def test_an_unreachable_remote_is_an_error_not_a_failure(
     assert error and "gone.git" in error
 
 
-async def test_a_hanging_remote_is_bounded_by_the_timeout(remote: Path, tmp_path: Path) -> None:
+async def test_a_hanging_remote_is_bounded_by_the_timeout(
+    remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = tmp_path / "ws"
-    git("config", "remote.origin.uploadpack", "sleep 30; git-upload-pack", cwd=ws)
+    hang = tmp_path / "ssh-that-hangs"
+    hang.write_text("#!/bin/sh\nsleep 30\n")
+    hang.chmod(0o755)
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(hang))
+    git("remote", "set-url", "origin", "ssh://git.example.invalid/repo.git", cwd=ws)
     started = time.monotonic()
     error = await sync_workspace(ws, timeout_s=1)
     assert error == "git fetch timed out after 1s (GIT_SYNC_TIMEOUT_SECONDS)"
