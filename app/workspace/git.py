@@ -204,23 +204,14 @@ def checked_out_branch(path: Path, timeout_s: float = 30) -> str | None:
     start-up, the branch the service keeps the workspace on when GIT_BRANCH
     is not set, whatever branch an agent switches to later."""
     try:
-        done = subprocess.run(
-            ("git", *_UNTRUSTED_CONFIG, "symbolic-ref", "--quiet", "HEAD"),
-            cwd=path,
-            env=git_environment(path),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    ref = done.stdout.strip()
+        ref = _run_sync(path, "symbolic-ref", "--quiet", "HEAD", timeout_s=timeout_s)
+    except WorkspaceError:
+        return None  # detached
     return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
 
-def _run_sync(cwd: Path, *args: str, timeout_s: float) -> None:
+def _run_sync(cwd: Path, *args: str, timeout_s: float) -> str:
+    """Run git at start-up; its output, or WorkspaceError."""
     try:
         done = subprocess.run(
             ("git", *_UNTRUSTED_CONFIG, *args),
@@ -237,6 +228,7 @@ def _run_sync(cwd: Path, *args: str, timeout_s: float) -> None:
     if done.returncode != 0:
         what = "clone" if "clone" in args else args[-1]
         raise WorkspaceError(f"git {what} failed: {redact(done.stderr.strip())}")
+    return done.stdout.strip()
 
 
 # -- running git -------------------------------------------------------------------

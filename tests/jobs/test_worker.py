@@ -29,6 +29,23 @@ async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
     await opened.close()
 
 
+def make_worker(
+    store: JobStore,
+    execute: Any,
+    *,
+    hub: JobEvents | None = None,
+    workspace_lock: Any = asyncio.Lock,
+) -> Worker:
+    return Worker(
+        store,
+        hub or JobEvents(),
+        execute=execute,
+        workspace_lock=workspace_lock,
+        max_event_bytes=2**20,
+        retention=timedelta(days=1),
+    )
+
+
 async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStore) -> None:
     lock = asyncio.Lock()
     ran: list[str] = []
@@ -38,14 +55,7 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
         await asyncio.sleep(0.5)  # long enough that a chat queued behind it would time out
         return AgentResult(ok=True, text="ok", exit_code=0)
 
-    worker = Worker(
-        store,
-        JobEvents(),
-        execute=execute,
-        workspace_lock=lambda: lock,
-        max_event_bytes=2**20,
-        retention=timedelta(days=1),
-    )
+    worker = make_worker(store, execute, workspace_lock=lambda: lock)
     try:
         await lock.acquire()  # a chat holds the workspace
         worker.start()
@@ -94,14 +104,7 @@ async def test_a_run_that_cannot_start_fails_the_job_and_the_queue_goes_on(
             raise raised
         return AgentResult(ok=True, text="ok", exit_code=0)
 
-    worker = Worker(
-        store,
-        JobEvents(),
-        execute=execute,
-        workspace_lock=asyncio.Lock,
-        max_event_bytes=2**20,
-        retention=timedelta(days=1),
-    )
+    worker = make_worker(store, execute)
     first, _ = await store.submit(NewJob("first", "haiku", 1, 60), max_queued=10)
     second, _ = await store.submit(NewJob("second", "haiku", 1, 60), max_queued=10)
     worker.start()
@@ -123,14 +126,7 @@ async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobSto
     async def execute(run: AgentRun, **_: Any) -> AgentResult:
         return AgentResult(ok=True, text="half an emoji: \ud83d", exit_code=0)
 
-    worker = Worker(
-        store,
-        JobEvents(),
-        execute=execute,
-        workspace_lock=asyncio.Lock,
-        max_event_bytes=2**20,
-        retention=timedelta(days=1),
-    )
+    worker = make_worker(store, execute)
     job, _ = await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
     worker.start()
     try:
@@ -151,14 +147,7 @@ async def test_cancelling_a_queued_job_ends_its_event_streams_at_once(
 ) -> None:
     monkeypatch.setattr(worker_module, "IDLE_POLL_S", 3600.0)  # no polling to fall back on
     hub = JobEvents()
-    idle = Worker(  # never started: the job stays queued
-        store,
-        hub,
-        execute=None,  # type: ignore[arg-type]
-        workspace_lock=asyncio.Lock,
-        max_event_bytes=2**20,
-        retention=timedelta(days=1),
-    )
+    idle = make_worker(store, execute=None, hub=hub)  # never started: the job stays queued
     job, _ = await store.submit(NewJob("waits", "haiku", 1, 60), max_queued=10)
     monkeypatch.setattr(app.state, "jobs", JobRuntime(store, hub, idle), raising=False)
     auth = {"Authorization": f"Bearer {TOKEN}"}
