@@ -291,17 +291,18 @@ class Git:
         ref = await self.value("symbolic-ref", "--quiet", "HEAD")
         return ref.removeprefix("refs/heads/") if ref and ref.startswith("refs/heads/") else None
 
-    async def is_repository(self) -> bool:
-        return (await self("rev-parse", "--git-dir")).ok
-
-    async def clear_stale_lock(self) -> None:
-        """Remove an `index.lock` left behind: between runs no git of the agent
-        can still hold it (its process group is gone), and one left would fail
-        every later commit."""
+    async def ready(self) -> bool:
+        """Whether the work tree is still a repository; if it is, remove an
+        `index.lock` left behind: between runs no git of the agent can still
+        hold it (its process group is gone), and one left would fail every
+        later commit."""
         lock = await self.value("rev-parse", "--git-path", "index.lock")
-        if lock is not None and (self.path / lock).is_file():
+        if lock is None:
+            return False
+        if (self.path / lock).is_file():
             (self.path / lock).unlink(missing_ok=True)
             logger.warning("removed a stale %s from the workspace", lock)
+        return True
 
     async def in_progress(self) -> str | None:
         """The operation the work tree is in the middle of ("rebase", "merge", ...)."""
@@ -391,9 +392,8 @@ async def sync_workspace(
     one-line error. A failed rebase is aborted: the local state is kept.
     """
     git = Git(path, timeout_s)
-    if not await git.is_repository():
+    if not await git.ready():
         return NOT_A_REPOSITORY
-    await git.clear_stale_lock()
     if not await git.has_origin():
         return None
     operation = await git.in_progress()
@@ -445,10 +445,9 @@ async def publish(
     keeps the commits local, for the next run to push.
     """
     git = Git(path, timeout_s)
-    if not await git.is_repository():
+    if not await git.ready():
         report.push_error = NOT_A_REPOSITORY
         return
-    await git.clear_stale_lock()
     current = await git.current_branch()
     name = branch or current
     operation = await git.in_progress()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,14 @@ def make_worker(
         max_event_bytes=2**20,
         retention=timedelta(days=1),
     )
+
+
+async def wait_status(store: JobStore, job_id: str, until: Callable[[str | None], bool]) -> None:
+    """Poll the job's status until `until` holds (bounded: 5 s)."""
+    for _ in range(100):
+        if until(await store.status(job_id)):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStore) -> None:
@@ -109,10 +117,7 @@ async def test_a_run_that_cannot_start_fails_the_job_and_the_queue_goes_on(
     second, _ = await store.submit(NewJob("second", "haiku", 1, 60), max_queued=10)
     worker.start()
     try:
-        for _ in range(100):
-            if await store.status(second["id"]) == "completed":
-                break
-            await asyncio.sleep(0.05)
+        await wait_status(store, second["id"], lambda status: status == "completed")
     finally:
         await worker.stop(grace_s=5)
     failed = await store.get(first["id"])
@@ -130,10 +135,7 @@ async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobSto
     job, _ = await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
     worker.start()
     try:
-        for _ in range(100):
-            if (await store.status(job["id"])) not in ("queued", "running"):
-                break
-            await asyncio.sleep(0.05)
+        await wait_status(store, job["id"], lambda status: status not in ("queued", "running"))
     finally:
         await worker.stop(grace_s=5)
     ended = await store.get(job["id"])
