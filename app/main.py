@@ -26,8 +26,9 @@ from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
 from app.auth import BearerAuth
 from app.errors import install_error_handlers
-from app.jobs.store import JobStore
-from app.jobs.worker import JobEvents, JobRuntime, Worker
+from app.jobs.events import JobEvents
+from app.jobs.sqlite import SQLiteJobStore
+from app.jobs.worker import JobRuntime, Worker
 from app.limits import BodySizeLimit
 from app.settings import get_settings
 from app.shutdown import shutdown
@@ -202,7 +203,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             git.checked_out_branch, settings.workspace_dir
         )
     _startup_config[settings.workspace_dir] = git.snapshot_config(settings.workspace_dir)
-    store = await JobStore.open(settings.data_dir)
+    store = await SQLiteJobStore.open(settings.data_dir)
     hub = JobEvents()
     worker = Worker(
         store,

@@ -126,6 +126,9 @@ async def _read_until_done(
                     break
         if reader.done():
             reader.result()
+        if collector.fatal is not None and collector.result is None:
+            logger.warning("ending the run: %s", collector.fatal)
+            return None  # the group is killed now, not after the CLI's retries
         done, _ = await asyncio.wait({waiter}, timeout=EXIT_GRACE_S if collector.done else None)
         if not done:
             logger.warning("the CLI did not exit %.0fs after its result", EXIT_GRACE_S)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from app.agent.stream import AgentResult
+from app.agent.stream import AgentResult, one_line
 
 if TYPE_CHECKING:
     from app.workspace.git import GitReport
+
+logger = logging.getLogger("app.runs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +49,12 @@ class RunAgent(Protocol):
     def __call__(
         self, run: AgentRun, *, report: GitReport | None = None
     ) -> Awaitable[AgentResult]: ...
+
+
+def log_end(run: str, status: str, error: str | None, cost_usd: float | None) -> None:
+    """One log line for every run's end: its outcome, and for a failure the
+    reason (one line; the caller has redacted it)."""
+    if status == "completed":
+        logger.info("%s completed (cost $%s)", run, cost_usd)
+    else:
+        logger.warning("%s ended %s: %s", run, status, one_line(error or "no reason given"))

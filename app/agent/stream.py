@@ -16,6 +16,8 @@ from typing import Any
 # Raw (non-event) output kept for the no-`result` fallback; the rest is dropped.
 RAW_TEXT_LIMIT_BYTES = 1 * 2**20
 STDERR_TAIL_BYTES = 8 * 1024
+# API statuses the CLI retries though retrying cannot heal them.
+_HOPELESS_STATUSES = frozenset({401, 403})
 
 Event = dict[str, Any]
 
@@ -180,11 +182,27 @@ class AgentResult:
         return value if isinstance(value, list) else None
 
 
+def hopeless_retry(event: Event) -> str | None:
+    """Why the run must end now, if `event` is the CLI retrying an API error that
+    retrying cannot heal (a refused credential): its `system`/`api_retry` event
+    with status 401 or 403. The CLI would otherwise retry for minutes."""
+    if event.get("type") != "system" or event.get("subtype") != "api_retry":
+        return None
+    status = event.get("error_status")
+    if status not in _HOPELESS_STATUSES:
+        return None
+    error = event.get("error")
+    name = error if isinstance(error, str) and error else "error"
+    return f"the Anthropic API refused the credential ({status} {one_line(name, 80)}); not retrying"
+
+
 @dataclass(slots=True)
 class StreamCollector:
     """Feeds on stdout lines; keeps the first `result` and a bounded raw copy."""
 
     result: Event | None = None
+    fatal: str | None = None
+    """Why the run ends without waiting for a result (see `hopeless_retry`)."""
     lines: int = 0
     events: int = 0
     _raw: bytearray = field(default_factory=bytearray)
@@ -198,6 +216,8 @@ class StreamCollector:
             self.events += 1
             if event["type"] == "result" and self.result is None:
                 self.result = event
+            elif self.fatal is None:
+                self.fatal = hopeless_retry(event)
         if not self._raw_truncated:
             if len(self._raw) + len(line) > RAW_TEXT_LIMIT_BYTES:
                 self._raw_truncated = True
@@ -207,7 +227,7 @@ class StreamCollector:
 
     @property
     def done(self) -> bool:
-        return self.result is not None
+        return self.result is not None or self.fatal is not None
 
     def finish(
         self, *, exit_code: int | None, stderr: bytes, timed_out: bool = False
@@ -223,6 +243,8 @@ class StreamCollector:
                 stderr_tail=stderr_tail,
                 timed_out=True,
             )
+        if self.fatal is not None and self.result is None:
+            return AgentResult(False, self.fatal, None, exit_code, stderr_tail)
         result = self.result if self.result is not None else self._whole_document(exit_code)
         if result is not None:
             failed = is_failure(result)

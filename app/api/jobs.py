@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -14,9 +15,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import JobsDep, SettingsDep, resolve_model
 from app.errors import ServiceError
-from app.jobs.models import JobStatus, NewJob
-from app.jobs.store import IdempotencyConflict, QueueFull
-from app.jobs.worker import events_after
+from app.jobs.events import events_after
+from app.jobs.models import Job, JobStatus, NewJob
+from app.jobs.store import IdempotencyConflict, JobStore, QueueFull
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
 from app.shutdown import SHUTDOWN_MARGIN_S
 
@@ -66,7 +67,7 @@ async def execute(
         request_hash=_request_hash(body) if idempotency_key is not None else None,
     )
     try:
-        row, created = await jobs.store.submit(new, max_queued=settings.max_queue_depth)
+        job, created = await jobs.store.submit(new, max_queued=settings.max_queue_depth)
     except QueueFull:
         raise ServiceError(
             f"{settings.max_queue_depth} jobs are already queued (MAX_QUEUE_DEPTH)",
@@ -82,13 +83,11 @@ async def execute(
         ) from None
     if created:
         jobs.worker.wake()
-    accepted = JobAccepted(
-        job_id=row["id"], status=row["status"], queue_position=row["queue_position"]
-    )
+    accepted = JobAccepted(job_id=job.id, status=job.status, queue_position=job.queue_position)
     return JSONResponse(
         accepted.model_dump(mode="json"),
         status_code=202 if created else 200,
-        headers={"Location": f"/jobs/{row['id']}"},
+        headers={"Location": f"/jobs/{job.id}"},
     )
 
 
@@ -115,37 +114,38 @@ async def list_jobs(
                 "before must be a cursor from a previous page", error="invalid request"
             )
         cursor = int(before)
-    rows, next_cursor = await jobs.store.list_jobs(status=wanted, limit=limit, before=cursor)
+    found, next_cursor = await jobs.store.list_jobs(status=wanted, limit=limit, before=cursor)
     return JobList(
-        jobs=[JobView.of(r) for r in rows],
+        jobs=[JobView.of(job) for job in found],
         next=None if next_cursor is None else str(next_cursor),
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
 async def get_job(job_id: str, jobs: JobsDep) -> JobView:
-    row = await jobs.store.get(job_id)
-    if row is None:
+    return JobView.of(await _get(jobs.store, job_id))
+
+
+async def _get(store: JobStore, job_id: str) -> Job:
+    job = await store.get(job_id)
+    if job is None:
         raise NotFound(f"no job {job_id!r}")
-    return JobView.of(row)
+    return job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
-    row = await jobs.store.get(job_id)
-    if row is None:
-        raise NotFound(f"no job {job_id!r}")
-    if JobStatus(row["status"]).terminal:
-        raise _already_ended(job_id, row["status"])
+    job = await _get(jobs.store, job_id)
+    if job.status.terminal:
+        raise _already_ended(job_id, job.status)
     if await jobs.store.cancel_queued(job_id):
         jobs.hub.notify(job_id)  # its event streams end now
     else:
         await jobs.worker.cancel(job_id)
-    row = await jobs.store.get(job_id)
-    assert row is not None
-    status = JobStatus(row["status"])
+    job = await _get(jobs.store, job_id)
+    status = job.status
     if status is JobStatus.CANCELLED:
-        return JobView.of(row)
+        return JobView.of(job)
     if status.terminal:  # it ended on its own before the cancel reached it
         raise _already_ended(job_id, status)
     raise ServiceError(
@@ -177,8 +177,10 @@ async def job_events(
         after = int(last_event_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for seq, kind, data in events_after(jobs.store, jobs.hub, job_id, after):
-            yield ServerSentEvent(data=data, event=kind, id=str(seq))
+        events = events_after(jobs.store, jobs.hub, job_id, after)
+        async with contextlib.aclosing(events):
+            async for seq, kind, data in events:
+                yield ServerSentEvent(data=data, event=kind, id=str(seq))
 
     # At shutdown the stream goes on until the running job's end is recorded
     # (the grace, then the kill); it ends before uvicorn's own backstop.

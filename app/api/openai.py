@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from app.agent.process import SpawnError
 from app.agent.prompt import chat_prompt
-from app.agent.run import AgentBusy, AgentRun, SyncFailed
+from app.agent.run import AgentBusy, AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult, one_line
 from app.api.deps import RunAgentDep, SettingsDep, resolve_model
 from app.errors import ExecutionFailed, ServiceError
@@ -29,6 +30,7 @@ from app.schemas.openai import (
 )
 from app.workspace.git import GitReport, redact
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 # How often a running chat checks whether its client went away.
@@ -70,21 +72,29 @@ async def chat_completions(
         summary=request_text,
     )
     report = GitReport()
+    name = f"chat {completion_id}"
     try:
-        result = await _until_disconnected(request, run_agent(run, report=report))
+        result = await _until_disconnected(request, run_agent(run, report=report), name)
     except AgentBusy as exc:
+        logger.info("%s refused: %s", name, exc)
         raise ExecutionFailed(
             str(exc) or "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
         ) from None
     except (SpawnError, SyncFailed) as exc:
+        log_end(name, "failed", redact(str(exc)), None)
         raise ExecutionFailed(one_line(str(exc))) from None
     if result.timed_out:
-        raise ExecutionFailed(
+        error = (
             f"the agent run timed out after {settings.chat_timeout_seconds:g}s "
             "(CHAT_TIMEOUT_SECONDS)"
         )
+        log_end(name, "timeout", error, result.total_cost_usd)
+        raise ExecutionFailed(error)
     if not result.ok:
-        raise ExecutionFailed(one_line(redact(result.text)) or "the agent run failed")
+        error = one_line(redact(result.text)) or "the agent run failed"
+        log_end(name, "failed", error, result.total_cost_usd)
+        raise ExecutionFailed(error)
+    log_end(name, "completed", None, result.total_cost_usd)
     completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
@@ -128,28 +138,25 @@ def _accounting_headers(result: AgentResult) -> dict[str, str]:
     return headers
 
 
-async def _until_disconnected(request: Request, work: Any) -> AgentResult:
+async def _until_disconnected(request: Request, work: Any, name: str) -> AgentResult:
     """Await the run; cancel it (killing the agent) if the client hangs up."""
     task: asyncio.Task[AgentResult] = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
             if done and task.cancelled():  # by the shutdown, not by this request
-                raise ExecutionFailed(
-                    "the service shut down during the run; it was cancelled",
-                    headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
-                )
+                error = "the service shut down during the run; it was cancelled"
+                log_end(name, "cancelled", error, None)
+                raise ExecutionFailed(error, headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
             if done:
                 return task.result()
             if await request.is_disconnected():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                raise ServiceError(
-                    "the client closed the connection; the run was cancelled",
-                    error="client closed request",
-                    status_code=499,
-                )
+                error = "the client closed the connection; the run was cancelled"
+                log_end(name, "cancelled", error, None)
+                raise ServiceError(error, error="client closed request", status_code=499)
     finally:
         if not task.done():
             task.cancel()

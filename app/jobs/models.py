@@ -1,11 +1,11 @@
-"""What a job is, and the states it moves through."""
+"""What a job is, the states it moves through, and the events it records."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class JobStatus(enum.StrEnum):
@@ -33,7 +33,12 @@ class JobStatus(enum.StrEnum):
 
 def utc_now() -> str:
     """Now, as RFC 3339 in UTC with microseconds (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    """`moment` as RFC 3339 in UTC with microseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,65 @@ class NewJob:
     resume_session_id: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the store keeps it; None where not known yet."""
+
+    id: str
+    num: int
+    """Its place in submission order (the list cursor)."""
+    status: JobStatus
+    prompt: str
+    model: str
+    max_budget_usd: float
+    timeout_seconds: float
+    created_at: str
+    agent: str | None = None
+    metadata: dict[str, Any] | None = None
+    resume_session_id: str | None = None
+    queue_position: int | None = None
+    """Queued jobs ahead of it, while it is queued."""
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: str | None = None
+    is_error: bool | None = None
+    error: str | None = None
+    session_id: str | None = None
+    total_cost_usd: float | None = None
+    num_turns: int | None = None
+    duration_ms: int | None = None
+    usage: dict[str, Any] | None = None
+    permission_denials: list[Any] | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    git: dict[str, Any] | None = None
+    events_truncated: bool = False
+    events_dropped: int = 0
+    pgid: int | None = None
+    """The run's process group, its boot and its leader's start time: after a
+    crash of the service, what to kill (and how to know it is still ours)."""
+    boot_id: str | None = None
+    leader_start: int | None = None
+
+
+class JobEvent(NamedTuple):
+    """One stored event: its sequence number in the job, its type, its JSON text."""
+
+    seq: int
+    kind: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventState:
+    """Where a job's event log stands: the last sequence number and the byte cap's count."""
+
+    last_seq: int = 0
+    used_bytes: int = 0
+    truncated: bool = False
+    dropped: int = 0
 
 
 @dataclass(slots=True)

@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from app.agent.process import OnLine, OnStart, SpawnError, kill_group_by_id, start_ticks
-from app.agent.run import AgentRun, SyncFailed
-from app.agent.stream import AgentResult, Event
-from app.jobs.models import JobStatus, Outcome
-from app.jobs.store import JobStore, Row
+from app.agent.run import AgentRun, SyncFailed, log_end
+from app.agent.stream import AgentResult
+from app.jobs.events import RETRY_FIRST_S, RETRY_MAX_S, EventSink, JobEvents
+from app.jobs.models import Job, JobStatus, Outcome
+from app.jobs.store import JobStore, StoreUnavailable
 from app.workspace.git import GitReport, redact
 
 logger = logging.getLogger(__name__)
 
-# Events reach the store at most this late, or sooner once this many bytes wait.
-FLUSH_INTERVAL_S = 0.1
-FLUSH_BYTES = 256 * 1024
 # How long the worker sleeps when nothing wakes it (a safety net, not the path).
 IDLE_POLL_S = 5.0
 LOCK_POLL_S = 0.1
@@ -38,6 +35,7 @@ PRUNE_INTERVAL_S = 3600.0
 CANCEL_WAIT_S = 15.0
 ERROR_TEXT_LIMIT = 4000
 INTERRUPTED_ERROR = "the service stopped while this job was running"
+_UNSTORABLE = "internal error: the outcome could not be stored: "
 
 
 class Execute(Protocol):
@@ -51,85 +49,6 @@ class Execute(Protocol):
         on_line: OnLine | None,
         on_start: OnStart | None,
     ) -> Coroutine[Any, Any, AgentResult]: ...
-
-
-class JobEvents:
-    """Tells event streams that a job has new events; lossless for a waiter
-    that asks for its `Event` before reading the store."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self.closing = False
-
-    def waiter(self, job_id: str) -> asyncio.Event:
-        return self._events.setdefault(job_id, asyncio.Event())
-
-    def notify(self, job_id: str) -> None:
-        event = self._events.pop(job_id, None)
-        if event is not None:
-            event.set()
-
-    def close(self) -> None:
-        """The service is stopping: streams of jobs that will not run now end."""
-        self.closing = True
-        for job_id in list(self._events):
-            self.notify(job_id)
-
-
-class EventSink:
-    """Buffers a run's output lines and appends them to the store in batches."""
-
-    def __init__(self, store: JobStore, hub: JobEvents, job_id: str, max_bytes: int) -> None:
-        self._store = store
-        self._hub = hub
-        self._job_id = job_id
-        self._max_bytes = max_bytes
-        self._pending: list[tuple[str, str]] = []
-        self._pending_bytes = 0
-        self._lock = asyncio.Lock()
-        self._ticker: asyncio.Task[None] | None = None
-        # from the first event that names it (`system` init): a run killed
-        # before its `result` still leaves a session to resume
-        self.session_id: str | None = None
-
-    async def on_line(self, line: bytes, event: Event | None) -> None:
-        if self.session_id is None and event is not None:
-            session = event.get("session_id")
-            self.session_id = session if isinstance(session, str) else None
-        text = line.decode(errors="replace").strip()
-        if not text:
-            return
-        text = redact(text)  # the agent may print a remote URL with its password
-        if event is None:
-            kind, data = "raw", json.dumps({"type": "raw", "line": text})
-        else:
-            kind, data = str(event["type"]), text
-        self._pending.append((kind, data))
-        self._pending_bytes += len(data)
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick())
-        if self._pending_bytes >= FLUSH_BYTES:
-            await self.flush()  # back-pressure: the CLI waits while the store writes
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            await self._store.append_events(self._job_id, batch, max_bytes=self._max_bytes)
-        self._hub.notify(self._job_id)
-
-    async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        await self.flush()
 
 
 def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
@@ -168,17 +87,17 @@ def boot_id() -> str | None:
         return None
 
 
-def _still_ours(row: Row, this_boot: str | None) -> bool:
+def _still_ours(job: Job, this_boot: str | None) -> bool:
     """Whether the process group recorded for a job can only be that job's.
 
     Same boot, and the leader is either gone (its id stays taken while the
     group lives) or the very process we started (same start time).
     """
-    pgid = row["pgid"]
-    if not isinstance(pgid, int) or pgid <= 1 or this_boot is None or row["boot_id"] != this_boot:
+    pgid = job.pgid
+    if pgid is None or pgid <= 1 or this_boot is None or job.boot_id != this_boot:
         return False
     now = start_ticks(pgid)
-    return now is None or now == row["leader_start"]
+    return now is None or now == job.leader_start
 
 
 class Worker:
@@ -212,11 +131,11 @@ class Worker:
     async def recover(self) -> None:
         """Mark jobs a dead predecessor left `running` as interrupted; kill their groups."""
         this_boot = boot_id()
-        for row in await self._store.interrupt_running(INTERRUPTED_ERROR):
-            logger.warning("job %s was running when the service stopped: interrupted", row["id"])
-            if _still_ours(row, this_boot) and await kill_group_by_id(row["pgid"]):
-                logger.warning("killed process group %d left by job %s", row["pgid"], row["id"])
-            self._hub.notify(row["id"])
+        for job in await self._store.interrupt_running(INTERRUPTED_ERROR):
+            logger.warning("job %s was running when the service stopped: interrupted", job.id)
+            if _still_ours(job, this_boot) and job.pgid and await kill_group_by_id(job.pgid):
+                logger.warning("killed process group %d left by job %s", job.pgid, job.id)
+            self._hub.notify(job.id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="job-worker")
@@ -294,7 +213,7 @@ class Worker:
             job = await self._store.claim_next()
             if job is None:
                 return False
-            self._hub.notify(job["id"])
+            self._hub.notify(job.id)
             await self._run(job)
         return True
 
@@ -307,16 +226,18 @@ class Worker:
         if pruned:
             logger.info("deleted %d jobs older than the retention period", pruned)
 
-    async def _run(self, job: Row) -> None:
-        job_id = job["id"]
-        sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes)
+    async def _run(self, job: Job) -> None:
+        job_id = job.id
+        state = await self._store.event_state(job_id)
+        sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes, state)
+        self._hub.attach(job_id, sink)
         run = AgentRun(
-            prompt=job["prompt"],
-            model=job["model"],
-            max_budget_usd=job["max_budget_usd"],
-            timeout_s=job["timeout_seconds"],
-            agent=job["agent"],
-            resume_session_id=job["resume_session_id"],
+            prompt=job.prompt,
+            model=job.model,
+            max_budget_usd=job.max_budget_usd,
+            timeout_s=job.timeout_seconds,
+            agent=job.agent,
+            resume_session_id=job.resume_session_id,
             run_id=job_id,
             label=f"job {job_id}",
         )
@@ -357,52 +278,43 @@ class Worker:
             if outcome is not None:
                 outcome.git = report.as_dict()
             await asyncio.shield(self._record(job_id, sink, outcome))
-        logger.info("job %s ended: %s", job_id, outcome.status)
 
     async def _record(self, job_id: str, sink: EventSink, outcome: Outcome | None) -> None:
-        try:
-            await sink.close()
-        except Exception:
-            logger.exception("could not store the last events of job %s", job_id)
+        """Store the run's last events, then its outcome: after every event, and
+        however long a failing store takes to come back (bounded backoff)."""
+        await sink.close()
+        self._hub.detach(job_id)
         final = outcome or Outcome(
             status=JobStatus.INTERRUPTED, is_error=True, error=INTERRUPTED_ERROR
         )
         if final.session_id is None:
             final.session_id = sink.session_id
-        try:
-            await self._store.finish(job_id, final)
-        except Exception as exc:  # never leave a job `running`: record that much
-            logger.exception("could not store the outcome of job %s", job_id)
-            error = f"internal error: the outcome could not be stored: {exc}"
-            await self._store.finish(
-                job_id, Outcome(status=JobStatus.FAILED, is_error=True, error=error)
-            )
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self._store.finish(job_id, final)
+                break
+            except StoreUnavailable as exc:
+                logger.error(
+                    "job %s ended %s; its outcome waits for the store (%s); retrying in %.1fs",
+                    job_id,
+                    final.status,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as exc:  # never leave a job `running`: record that much
+                logger.exception("could not store the outcome of job %s", job_id)
+                if final.error and final.error.startswith(_UNSTORABLE):
+                    break  # not even that could be stored; a restart marks it interrupted
+                error = f"{_UNSTORABLE}{exc}"
+                final = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         self._hub.notify(job_id)
+        log_end(f"job {job_id}", final.status, redact(final.error or ""), final.total_cost_usd)
         recorded = self._recorded.pop(job_id, None)
         if recorded is not None:
             recorded.set()
-
-
-async def events_after(
-    store: JobStore, hub: JobEvents, job_id: str, after: int, page: int = 500
-) -> AsyncIterator[tuple[int, str, str]]:
-    """Every event of a job after `after`, live, ending after the terminal status
-    (or, when the service stops, after the last event of a job it will not run)."""
-    while True:
-        changed = hub.waiter(job_id)
-        status = await store.status(job_id)
-        rows = await store.events(job_id, after=after, limit=page)
-        for row in rows:
-            yield row
-            after = row[0]
-        if rows:
-            continue
-        if status is None or status.terminal:
-            return
-        if hub.closing and status is not JobStatus.RUNNING:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), IDLE_POLL_S)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from app.agent.prompt import text_problem
-from app.jobs.models import JobStatus
+from app.jobs.models import Job, JobStatus
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
@@ -124,10 +124,12 @@ class JobView(BaseModel):
     events_truncated: bool
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> JobView:
-        return cls.model_validate(
-            {**row, "job_id": row["id"], "events_truncated": bool(row["events_truncated"])}
-        )
+    def of(cls, job: Job) -> JobView:
+        return cls.model_validate({"job_id": job.id, **_fields(job)})
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in JobView.model_fields if name != "job_id"}
 
 
 class JobList(BaseModel):

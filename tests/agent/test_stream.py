@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from app.agent.stream import LineFramer, StreamCollector, is_failure, one_line, parse_line
+from app.agent.stream import (
+    LineFramer,
+    StreamCollector,
+    hopeless_retry,
+    is_failure,
+    one_line,
+    parse_line,
+)
 from tests.conftest import FIXTURES
 
 
@@ -165,3 +172,22 @@ def test_the_framer_drops_a_line_over_its_cap_and_goes_on() -> None:
     assert framer.feed(b"xxx\nnext\n") == [b"next\n"]
     assert framer.oversized == 1
     assert framer.feed(b"y" * 50) == [] and framer.close() is None
+
+
+def test_a_retried_401_ends_the_run_with_the_status_and_the_clis_error() -> None:
+    collector = collect(fixture_lines("api-retry-401.jsonl"))
+    assert collector.done and collector.lines == 1  # no more is read
+    result = collector.finish(exit_code=None, stderr=b"")
+    assert not result.ok and result.result is None
+    assert result.text == (
+        "the Anthropic API refused the credential (401 authentication_failed); not retrying"
+    )
+
+
+def test_retries_that_may_heal_are_left_to_the_cli() -> None:
+    collector = collect(fixture_lines("api-retry-500.jsonl"))
+    assert not collector.done and collector.fatal is None
+    for status in (429, 500, 529, None):
+        retry = {"type": "system", "subtype": "api_retry", "error_status": status}
+        assert hopeless_retry(retry) is None
+    assert hopeless_retry({"type": "system", "subtype": "api_retry", "error_status": 403})

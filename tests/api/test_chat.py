@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from app import main as app_main
 from app.main import app
 from app.shutdown import shutdown
-from tests.conftest import TOKEN, read_log
+from tests.conftest import TOKEN, group_members, read_log
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -91,6 +92,38 @@ async def test_a_failed_run_is_a_503_with_the_clis_own_message(client: httpx.Asy
         "error": "execution failed",
         "detail": "Invalid API key · Fix external API key",
     }
+
+
+@pytest.mark.timeout(30)  # the fake retries for 60 s unless the run is cut
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_credential_ends_the_run_at_once_not_after_the_clis_retries(
+    client: httpx.AsyncClient,
+    fake_log: Path,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json=chat(f"@fake:auth_retry={status}"), headers=AUTH
+    )
+    assert response.status_code == 503
+    reason = f"the Anthropic API refused the credential ({status} authentication_failed)"
+    assert response.json()["detail"] == f"{reason}; not retrying"
+    (call,) = read_log(fake_log)
+    assert group_members(call["pgid"]) == []
+    ended = [r.getMessage() for r in caplog.records if r.name == "app.runs"]
+    assert len(ended) == 1 and ended[0].endswith(f"ended failed: {reason}; not retrying")
+
+
+async def test_every_chat_end_is_logged_with_its_outcome(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.runs")
+    await client.post("/v1/chat/completions", json=chat("hi"), headers=AUTH)
+    await client.post("/v1/chat/completions", json=chat("@fake:crash"), headers=AUTH)
+    ended = [r.getMessage() for r in caplog.records if r.name == "app.runs"]
+    assert len(ended) == 2
+    assert ended[0].startswith("chat chatcmpl-") and ended[0].endswith(" completed (cost $0.0013197)")
+    assert ended[1].endswith(" ended failed: boom: fake crash")
 
 
 async def test_a_crash_is_a_503_with_the_stderr_tail(client: httpx.AsyncClient) -> None:

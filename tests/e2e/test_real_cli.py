@@ -211,6 +211,35 @@ def test_api_errors_surface_as_the_clis_readable_message(
     assert len(api.message_requests) == 1  # CLAUDE_CODE_MAX_RETRIES=0: no retry
 
 
+@pytest.mark.timeout(90)  # the CLI's own retries of a 401 take about three minutes
+def test_a_refused_key_ends_the_run_at_the_clis_first_retry(
+    real_claude: Path, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    # the CLI's default retries (10, over about three minutes), as users run it
+    env = offline_env(tmp_path, real_claude, api, CLAUDE_CODE_MAX_RETRIES=None)
+    api.script(
+        [{"error": {"status": 401, "type": "authentication_error", "message": "invalid x-api-key"}}]
+    )
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            chat = client.post(
+                "/v1/chat/completions",
+                json={"model": "haiku", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            job = wait_for(client, submit(client, "hi", model="haiku"), timeout_s=60)
+    finally:
+        server.stop()
+    reason = "the Anthropic API refused the credential (401 authentication_failed); not retrying"
+    assert chat.status_code == 503 and chat.json()["detail"] == reason
+    assert job["status"] == "failed" and job["error"] == reason
+    assert job["session_id"] is not None  # from the init event: the run can be resumed
+    # each run was cut at its first retry (the CLI retries the first three within 4 s)
+    assert len(api.message_requests) <= 4
+    assert running_in(tmp_path / "workspace") == []
+    assert server.log().count(f"ended failed: {reason}") == 2
+
+
 def test_a_hung_api_times_the_job_out_and_leaves_no_process(
     served: tuple[Server, Path, Path], api: FakeAnthropic
 ) -> None:

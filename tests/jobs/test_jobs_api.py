@@ -104,6 +104,19 @@ def test_a_failed_job_keeps_the_clis_message_and_the_queue_moves_on(client: http
     assert wait_for(client, after)["status"] == "completed"
 
 
+@pytest.mark.timeout(30)  # the fake retries for 60 s unless the run is cut
+def test_a_refused_credential_fails_the_job_at_once(
+    shared: tuple[Server, Path], client: httpx.Client
+) -> None:
+    job = wait_for(client, submit(client, "@fake:auth_retry=401"), timeout_s=20)
+    reason = "the Anthropic API refused the credential (401 authentication_failed); not retrying"
+    assert job["status"] == "failed" and job["error"] == reason
+    assert job["session_id"] is not None  # from the init event
+    kinds = [e["event"] for e in sse(client, job["job_id"])]
+    assert "system" in kinds and kinds[-1] == "status"
+    assert f"job {job['job_id']} ended failed: {reason}" in shared[0].log()
+
+
 def test_half_an_emoji_in_the_cli_output_is_stored_not_a_stuck_job(client: httpx.Client) -> None:
     job = wait_for(client, submit(client, "@fake:half_emoji"))
     assert job["status"] == "completed" and job["result"] == "cut: \ufffd"

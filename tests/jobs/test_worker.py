@@ -14,17 +14,19 @@ import pytest
 from app.agent.process import SpawnError
 from app.agent.run import AgentRun, SyncFailed
 from app.agent.stream import AgentResult
-from app.jobs import worker as worker_module
+from app.jobs import events as events_module
+from app.jobs.events import JobEvents
 from app.jobs.models import NewJob
+from app.jobs.sqlite import SQLiteJobStore
 from app.jobs.store import JobStore
-from app.jobs.worker import JobEvents, JobRuntime, Worker
+from app.jobs.worker import JobRuntime, Worker
 from app.main import app
 from tests.conftest import TOKEN
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    opened = await JobStore.open(tmp_path)
+    opened = await SQLiteJobStore.open(tmp_path)
     yield opened
     await opened.close()
 
@@ -117,14 +119,14 @@ async def test_a_run_that_cannot_start_fails_the_job_and_the_queue_goes_on(
     second, _ = await store.submit(NewJob("second", "haiku", 1, 60), max_queued=10)
     worker.start()
     try:
-        await wait_status(store, second["id"], lambda status: status == "completed")
+        await wait_status(store, second.id, lambda status: status == "completed")
     finally:
         await worker.stop(grace_s=5)
-    failed = await store.get(first["id"])
+    failed = await store.get(first.id)
     assert failed is not None
-    assert (failed["status"], failed["error"], failed["is_error"]) == ("failed", error, True)
+    assert (failed.status, failed.error, failed.is_error) == ("failed", error, True)
     assert calls == ["first", "second"]
-    assert await store.status(second["id"]) == "completed"
+    assert await store.status(second.id) == "completed"
 
 
 async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobStore) -> None:
@@ -135,19 +137,20 @@ async def test_an_outcome_the_store_cannot_take_still_ends_the_job(store: JobSto
     job, _ = await store.submit(NewJob("job", "haiku", 1, 60), max_queued=10)
     worker.start()
     try:
-        await wait_status(store, job["id"], lambda status: status not in ("queued", "running"))
+        await wait_status(store, job.id, lambda status: status not in ("queued", "running"))
     finally:
         await worker.stop(grace_s=5)
-    ended = await store.get(job["id"])
+    ended = await store.get(job.id)
     assert ended is not None
-    assert ended["status"] == "failed" and ended["finished_at"] is not None
-    assert ended["error"].startswith("internal error: the outcome could not be stored: ")
+    assert ended.status == "failed" and ended.finished_at is not None
+    assert ended.error is not None
+    assert ended.error.startswith("internal error: the outcome could not be stored: ")
 
 
 async def test_cancelling_a_queued_job_ends_its_event_streams_at_once(
     store: JobStore, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_module, "IDLE_POLL_S", 3600.0)  # no polling to fall back on
+    monkeypatch.setattr(events_module, "IDLE_POLL_S", 3600.0)  # no polling to fall back on
     hub = JobEvents()
     idle = make_worker(store, execute=None, hub=hub)  # never started: the job stays queued
     job, _ = await store.submit(NewJob("waits", "haiku", 1, 60), max_queued=10)
@@ -156,10 +159,10 @@ async def test_cancelling_a_queued_job_ends_its_event_streams_at_once(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=auth) as c:
         # ASGITransport answers once the whole stream has been sent
-        watching = asyncio.create_task(c.get(f"/jobs/{job['id']}/events"))
+        watching = asyncio.create_task(c.get(f"/jobs/{job.id}/events"))
         await asyncio.sleep(0.2)  # the stream has replayed `queued` and waits
         assert not watching.done()
-        assert (await c.post(f"/jobs/{job['id']}/cancel")).status_code == 200
+        assert (await c.post(f"/jobs/{job.id}/cancel")).status_code == 200
         stream = await asyncio.wait_for(watching, 10)
     assert stream.status_code == 200
     assert stream.text.count("event: status") == 2

@@ -1,0 +1,580 @@
+"""The embedded job store: SQLite in DATA_DIR, one connection, one writer thread.
+
+Every call runs on a single dedicated thread, so there is one writer and each
+method is one explicit transaction. WAL mode lets readers in other processes
+(backups, `sqlite3` at a shell) look without blocking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.jobs.models import (
+    EventState,
+    Job,
+    JobEvent,
+    JobStatus,
+    NewJob,
+    Outcome,
+    iso,
+    utc_now,
+)
+from app.jobs.store import (
+    EVENT_PAGE_BYTES,
+    IDEMPOTENCY_WINDOW,
+    IdempotencyConflict,
+    QueueFull,
+    StoreUnavailable,
+    status_event,
+)
+
+T = TypeVar("T")
+
+DATABASE_NAME = "jobs.sqlite3"
+# The start-up integrity check gives up (and says so) past this long: a huge
+# database must not keep the service from starting.
+QUICK_CHECK_BUDGET_S = 10.0
+_TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
+
+# Each entry moves the schema one version up; `PRAGMA user_version` says where it is.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        num INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        agent TEXT,
+        model TEXT NOT NULL,
+        max_budget_usd REAL NOT NULL,
+        timeout_seconds REAL NOT NULL,
+        metadata TEXT,
+        resume_session_id TEXT,
+        idempotency_key TEXT,
+        request_hash TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        result TEXT,
+        is_error INTEGER,
+        error TEXT,
+        session_id TEXT,
+        total_cost_usd REAL,
+        num_turns INTEGER,
+        duration_ms INTEGER,
+        usage TEXT,
+        permission_denials TEXT,
+        exit_code INTEGER,
+        stderr_tail TEXT,
+        pgid INTEGER,
+        boot_id TEXT,
+        event_bytes INTEGER NOT NULL DEFAULT 0,
+        events_truncated INTEGER NOT NULL DEFAULT 0,
+        events_dropped INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_status_num ON jobs (status, num);
+    CREATE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN git TEXT;
+    ALTER TABLE jobs ADD COLUMN leader_start INTEGER;
+    """,
+)
+
+_JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
+
+
+class DatabaseError(Exception):
+    """The job database cannot be used; the message names the file and what to do."""
+
+
+class SQLiteJobStore:
+    """Jobs and their events in `DATA_DIR/jobs.sqlite3`. Open with `open`; close when done."""
+
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self._conn = conn
+        self._executor = executor
+        self._write_error: str | None = None
+
+    @classmethod
+    async def open(cls, data_dir: Path, *, check: bool = False) -> SQLiteJobStore:
+        """Open (creating or migrating) the database; with `check`, verify its
+        integrity first. Raises DatabaseError."""
+        executor = ThreadPoolExecutor(1, thread_name_prefix="job-store")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, connect, data_dir / DATABASE_NAME, check)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(conn, executor)
+
+    @property
+    def write_error(self) -> str | None:
+        return self._write_error
+
+    async def close(self) -> None:
+        await self._run(self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a writing transaction; a failure of the database (a full disk, an
+        I/O error) is StoreUnavailable, and is remembered until a write succeeds."""
+        try:
+            result = await self._run(fn, *args)
+        except sqlite3.OperationalError as exc:
+            if not _is_storage_failure(exc):
+                raise
+            self._write_error = f"the job database cannot be written: {exc}"
+            raise StoreUnavailable(self._write_error) from exc
+        self._write_error = None
+        return result
+
+    # -- submitting and reading --------------------------------------------
+
+    async def submit(self, new: NewJob, *, max_queued: int) -> tuple[Job, bool]:
+        return await self._write(self._submit, new, max_queued)
+
+    def _submit(self, new: NewJob, max_queued: int) -> tuple[Job, bool]:
+        with _transaction(self._conn):
+            if new.idempotency_key is not None:
+                since = iso(datetime.now(UTC) - IDEMPOTENCY_WINDOW)
+                found = self._conn.execute(
+                    "SELECT id, request_hash FROM jobs WHERE idempotency_key = ? "
+                    "AND created_at >= ? ORDER BY num DESC LIMIT 1",
+                    (new.idempotency_key, since),
+                ).fetchone()
+                if found is not None:
+                    if found["request_hash"] != new.request_hash:
+                        raise IdempotencyConflict
+                    job = self._get(found["id"])
+                    assert job is not None
+                    return job, False
+            (queued,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
+            ).fetchone()
+            if queued >= max_queued:
+                raise QueueFull
+            job_id = str(uuid.uuid4())
+            now = utc_now()
+            self._conn.execute(
+                "INSERT INTO jobs (id, status, prompt, agent, model, max_budget_usd, "
+                "timeout_seconds, metadata, resume_session_id, session_id, idempotency_key, "
+                "request_hash, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    new.prompt,
+                    new.agent,
+                    new.model,
+                    new.max_budget_usd,
+                    new.timeout_seconds,
+                    _dump(new.metadata),
+                    new.resume_session_id,
+                    new.resume_session_id,
+                    new.idempotency_key,
+                    new.request_hash,
+                    now,
+                ),
+            )
+            self._status_event(job_id, JobStatus.QUEUED, now)
+            job = self._get(job_id)
+            assert job is not None
+            return job, True
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._run(self._get, job_id)
+
+    def _get(self, job_id: str) -> Job | None:
+        found = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if found is None:
+            return None
+        position = None
+        if found["status"] == JobStatus.QUEUED:
+            (position,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num < ?", (found["num"],)
+            ).fetchone()
+        return _job(found, position)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None, limit: int, before: int | None
+    ) -> tuple[list[Job], int | None]:
+        return await self._run(self._list, status, limit, before)
+
+    def _list(
+        self, status: JobStatus | None, limit: int, before: int | None
+    ) -> tuple[list[Job], int | None]:
+        sql = "SELECT * FROM jobs WHERE 1 = 1"
+        args: list[Any] = []
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status.value)
+        if before is not None:
+            sql += " AND num < ?"
+            args.append(before)
+        sql += " ORDER BY num DESC LIMIT ?"
+        args.append(limit + 1)
+        found = self._conn.execute(sql, args).fetchall()
+        more = len(found) > limit
+        found = found[:limit]
+        position: dict[int, int] = {}
+        if any(r["status"] == JobStatus.QUEUED for r in found):
+            queued = self._conn.execute(
+                "SELECT num FROM jobs WHERE status = 'queued' ORDER BY num"
+            ).fetchall()
+            position = {num: i for i, (num,) in enumerate(queued)}
+        jobs = [_job(r, position.get(r["num"])) for r in found]
+        return jobs, (jobs[-1].num if more else None)
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        return await self._run(self._status, job_id)
+
+    def _status(self, job_id: str) -> JobStatus | None:
+        found = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if found is None else JobStatus(found["status"])
+
+    async def has_queued(self) -> bool:
+        return await self._run(
+            lambda: (
+                self._conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone()
+                is not None
+            )
+        )
+
+    async def events(
+        self, job_id: str, *, after: int, limit: int, max_bytes: int = EVENT_PAGE_BYTES
+    ) -> list[JobEvent]:
+        return await self._run(self._events, job_id, after, limit, max_bytes)
+
+    def _events(self, job_id: str, after: int, limit: int, max_bytes: int) -> list[JobEvent]:
+        cursor = self._conn.execute(
+            "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (job_id, after, limit),
+        )
+        page: list[JobEvent] = []
+        size = 0
+        for row in cursor:
+            page.append(JobEvent(row["seq"], row["type"], row["data"]))
+            size += len(row["data"])
+            if size >= max_bytes:
+                break
+        cursor.close()
+        return page
+
+    # -- the worker's side ---------------------------------------------------
+
+    async def claim_next(self) -> Job | None:
+        return await self._write(self._claim_next)
+
+    def _claim_next(self) -> Job | None:
+        with _transaction(self._conn):
+            now = utc_now()
+            found = self._conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = ? WHERE num = "
+                "(SELECT num FROM jobs WHERE status = 'queued' ORDER BY num LIMIT 1) "
+                "RETURNING id",
+                (now,),
+            ).fetchone()
+            if found is None:
+                return None
+            self._status_event(found["id"], JobStatus.RUNNING, now)
+            return self._get(found["id"])
+
+    async def set_process_group(
+        self, job_id: str, pgid: int, boot_id: str | None, leader_start: int | None
+    ) -> None:
+        def update() -> None:
+            with _transaction(self._conn):
+                self._conn.execute(
+                    "UPDATE jobs SET pgid = ?, boot_id = ?, leader_start = ? WHERE id = ?",
+                    (pgid, boot_id, leader_start, job_id),
+                )
+
+        await self._write(update)
+
+    async def event_state(self, job_id: str) -> EventState:
+        return await self._run(self._event_state, job_id)
+
+    def _event_state(self, job_id: str) -> EventState:
+        found = self._conn.execute(
+            "SELECT event_bytes, events_truncated, events_dropped FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        if found is None:
+            return EventState(self._last_seq(job_id))
+        used, truncated, dropped = found
+        return EventState(self._last_seq(job_id), used, bool(truncated), dropped)
+
+    async def append_events(
+        self,
+        job_id: str,
+        events: Sequence[JobEvent],
+        state: EventState,
+        *,
+        session_id: str | None = None,
+    ) -> None:
+        def append() -> None:
+            with _transaction(self._conn):
+                self._conn.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    [(job_id, *event) for event in events],
+                )
+                self._conn.execute(
+                    "UPDATE jobs SET event_bytes = ?, events_truncated = ?, events_dropped = ?, "
+                    "session_id = COALESCE(session_id, ?) WHERE id = ?",
+                    (state.used_bytes, state.truncated, state.dropped, session_id, job_id),
+                )
+
+        await self._write(append)
+
+    async def finish(self, job_id: str, outcome: Outcome) -> bool:
+        return await self._write(self._finish, job_id, outcome)
+
+    def _finish(self, job_id: str, outcome: Outcome) -> bool:
+        with _transaction(self._conn):
+            now = utc_now()
+            updated = self._conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, result = ?, is_error = ?, "
+                "error = ?, session_id = COALESCE(?, session_id), total_cost_usd = ?, "
+                "num_turns = ?, duration_ms = ?, usage = ?, permission_denials = ?, "
+                "exit_code = ?, stderr_tail = ?, git = ? WHERE id = ? AND status = 'running'",
+                (
+                    outcome.status.value,
+                    now,
+                    outcome.result,
+                    outcome.is_error,
+                    outcome.error,
+                    outcome.session_id,
+                    outcome.total_cost_usd,
+                    outcome.num_turns,
+                    outcome.duration_ms,
+                    _dump(outcome.usage),
+                    _dump(outcome.permission_denials),
+                    outcome.exit_code,
+                    outcome.stderr_tail,
+                    _dump(outcome.git),
+                    job_id,
+                ),
+            ).rowcount
+            if updated:
+                self._status_event(job_id, outcome.status, now, outcome.error)
+            return bool(updated)
+
+    async def cancel_queued(self, job_id: str) -> bool:
+        return await self._write(self._cancel_queued, job_id)
+
+    def _cancel_queued(self, job_id: str) -> bool:
+        with _transaction(self._conn):
+            now = utc_now()
+            updated = self._conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, is_error = 1, "
+                "error = 'cancelled before it started' WHERE id = ? AND status = 'queued'",
+                (now, job_id),
+            ).rowcount
+            if updated:
+                self._status_event(job_id, JobStatus.CANCELLED, now, "cancelled before it started")
+            return bool(updated)
+
+    async def interrupt_running(self, error: str) -> list[Job]:
+        return await self._write(self._interrupt_running, error)
+
+    def _interrupt_running(self, error: str) -> list[Job]:
+        with _transaction(self._conn):
+            now = utc_now()
+            ids = [
+                r["id"]
+                for r in self._conn.execute(
+                    "UPDATE jobs SET status = 'interrupted', finished_at = ?, is_error = 1, "
+                    "error = ?, session_id = COALESCE(session_id, ("
+                    "  SELECT CASE WHEN json_valid(e.data)"
+                    "  THEN json_extract(e.data, '$.session_id') END"
+                    "  FROM events e WHERE e.job_id = jobs.id AND e.type = 'system'"
+                    "  ORDER BY e.seq LIMIT 1"
+                    ")) WHERE status = 'running' RETURNING id",
+                    (now, error),
+                ).fetchall()
+            ]
+            for job_id in ids:
+                self._status_event(job_id, JobStatus.INTERRUPTED, now, error)
+            jobs = [self._get(job_id) for job_id in ids]
+            return [job for job in jobs if job is not None]
+
+    async def prune(self, older_than: timedelta) -> int:
+        return await self._write(self._prune, older_than)
+
+    def _prune(self, older_than: timedelta) -> int:
+        cutoff = iso(datetime.now(UTC) - older_than)
+        marks = ",".join("?" * len(_TERMINAL))
+        with _transaction(self._conn):
+            ids = [
+                r["id"]
+                for r in self._conn.execute(
+                    f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({marks})",
+                    (cutoff, *_TERMINAL),
+                ).fetchall()
+            ]
+            for job_id in ids:
+                self._conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return len(ids)
+
+    # -- helpers (on the store's thread, inside a transaction) ---------------
+
+    def _last_seq(self, job_id: str) -> int:
+        (last,) = self._conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return int(last)
+
+    def _status_event(
+        self, job_id: str, status: JobStatus, at: str, error: str | None = None
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO events VALUES (?, ?, 'status', ?)",
+            (job_id, self._last_seq(job_id) + 1, status_event(job_id, status, at, error)),
+        )
+
+
+class _transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:  # a failed COMMIT may have rolled back already
+            self._conn.execute("ROLLBACK")
+
+
+def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
+    """A failure of the disk or the file, not of the SQL (which is a bug to raise)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    storage = {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+    }
+    if isinstance(code, int):
+        return code & 0xFF in storage
+    return True
+
+
+def connect(path: Path, check: bool = False) -> sqlite3.Connection:
+    """Open the database at `path`, migrated; with `check`, refuse a damaged one.
+
+    Raises DatabaseError with a message that names the file and what to do.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create DATA_DIR {path.parent}: {exc.strerror}") from None
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open the job database {path}: {exc}") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if check:
+            _quick_check(conn, path)
+        _migrate(conn, path)
+    except DatabaseError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise DatabaseError(_open_failure(path, exc)) from None
+    return conn
+
+
+def _open_failure(path: Path, exc: sqlite3.Error) -> str:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+        return (
+            f"the job database {path} cannot be written ({exc}); give the service's user "
+            "write access to it and to its directory"
+        )
+    if code in (sqlite3.SQLITE_FULL,):
+        return f"the job database {path} cannot be written: {exc}; free some disk space"
+    return (
+        f"the job database {path} is damaged ({exc}); stop the service, move the file "
+        "aside and recover what can be saved (README: Recovering a damaged job database)"
+    )
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """`PRAGMA quick_check`, given up (with a warning in its place) past its budget."""
+    deadline = time.monotonic() + QUICK_CHECK_BUDGET_S
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        found = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            return  # too big to check in time: it is used as it is
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    if found != ["ok"]:
+        raise DatabaseError(
+            f"the job database {path} is damaged ({'; '.join(found[:3])}); stop the service, "
+            "move the file aside and recover what can be saved "
+            "(README: Recovering a damaged job database)"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise DatabaseError(
+            f"the job database {path} is at schema {version}, newer than this service knows "
+            f"({len(MIGRATIONS)}); upgrade the service"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def _job(found: sqlite3.Row, queue_position: int | None) -> Job:
+    row = {key: value for key, value in dict(found).items() if key in _JOB_FIELDS}
+    for column in _JSON_COLUMNS:
+        if row.get(column) is not None:
+            row[column] = json.loads(row[column])
+    if row.get("is_error") is not None:
+        row["is_error"] = bool(row["is_error"])
+    row["status"] = JobStatus(row["status"])
+    row["events_truncated"] = bool(row["events_truncated"])
+    return Job(**row, queue_position=queue_position)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
