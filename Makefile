@@ -22,8 +22,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The CLI it runs: CLAUDE_BIN (from the environment or .env), else `claude` on
+# PATH, else the pinned release, installed here on first use.
 serve: $(STAMP)
-	$(BIN)/claude-agent-service serve
+	@if [ -z "$$CLAUDE_BIN" ] && ! grep -qs '^[[:space:]]*CLAUDE_BIN=' .env \
+	    && ! command -v claude >/dev/null 2>&1; then \
+	  echo "make serve: no CLAUDE_BIN and no claude on PATH; using the pinned CLI $(CLAUDE_CLI_VERSION)"; \
+	  $(MAKE) --no-print-directory claude-cli || exit 1; \
+	  CLAUDE_BIN="$(abspath $(CLAUDE_CLI_DIR))/node_modules/.bin/claude"; export CLAUDE_BIN; \
+	fi; \
+	exec $(BIN)/claude-agent-service serve
 
 # The real-CLI tests are skipped (with the reason) when npm cannot install
 # it; CI sets REQUIRE_REAL_CLI=1, which turns that skip into a failure.
@@ -36,7 +44,7 @@ claude-cli: $(CLAUDE_CLI_STAMP)
 
 # npm warns EBADENGINE on Node 20; the CLI is a native binary and runs.
 $(CLAUDE_CLI_STAMP):
-	npm install --prefix $(CLAUDE_CLI_DIR) --no-audit --no-fund --loglevel=error \
+	npm install --prefix $(CLAUDE_CLI_DIR) --no-audit --no-fund --loglevel=error --prefer-offline \
 	  @anthropic-ai/claude-code@$(CLAUDE_CLI_VERSION)
 	$(CLAUDE_CLI_DIR)/node_modules/.bin/claude --version
 	touch $@

@@ -1,8 +1,8 @@
 """One exception root for the service, and its mapping to JSON responses.
 
 Every error response has the shape `{"error": <short phrase>, "detail": <string
-or list>}`, sometimes with more keys (`supported` for an unknown model). The
-handlers here are the only place that shape is produced.
+or list>, "message": <one line>}`, sometimes with more keys (`supported` for an
+unknown model). The handlers here are the only place that shape is produced.
 """
 
 from __future__ import annotations
@@ -44,8 +44,25 @@ class ServiceError(Exception):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
+    @property
+    def message(self) -> str:
+        """The detail as one readable line (for clients that show `message`)."""
+        if isinstance(self.detail, str):
+            return self.detail
+        problems = []
+        for item in self.detail[:5]:
+            where = (
+                ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                if isinstance(item, dict)
+                else ""
+            )
+            what = item.get("msg", "invalid") if isinstance(item, dict) else str(item)
+            problems.append(f"{where}: {what}" if where else str(what))
+        more = len(self.detail) - len(problems)
+        return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
     def to_response(self) -> JSONResponse:
-        body = {"error": self.error, "detail": self.detail, **self.extra}
+        body = {"error": self.error, "detail": self.detail, "message": self.message, **self.extra}
         return JSONResponse(body, status_code=self.status_code, headers=self.headers)
 
 

@@ -26,6 +26,7 @@ from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
 from app.auth import BearerAuth
 from app.errors import install_error_handlers
+from app.instance import lock_data_dir, setting_problems
 from app.jobs.events import JobEvents
 from app.jobs.sqlite import SQLiteJobStore
 from app.jobs.worker import JobRuntime, Worker
@@ -190,8 +191,10 @@ def is_busy() -> bool:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Check the settings and the workspace, open the job store, run the worker."""
     settings = get_settings()
-    if settings.bearer_token is None:
-        raise RuntimeError("API_BEARER_TOKEN is not set; refusing to serve without auth")
+    problems = setting_problems(settings)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    lock_data_dir(settings.data_dir)  # held already under `serve`
     await asyncio.to_thread(
         git.ensure_workspace,
         settings.workspace_dir,

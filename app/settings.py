@@ -1,54 +1,118 @@
-"""Service configuration: read from the environment (and `.env`) once, validated."""
+"""Service configuration: read from the environment (and `.env`) once, validated.
+
+Every setting has a one-line description: `claude-agent-service --help` and
+the README's table show them.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_FILE = ".env"
+PermissionMode = Literal["acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
+# How a user gets the pinned CLI (the Makefile's `claude-cli` target).
+CLI_INSTALL_HINT = (
+    "install it with `make claude-cli` (the pinned release, into .cache/claude-cli) or "
+    "`npm install -g @anthropic-ai/claude-code`, or set CLAUDE_BIN to its path"
+)
 
 
 class Settings(BaseSettings):
     """Every knob of the service; names match the environment variables."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", frozen=True)
 
-    api_bearer_token: SecretStr | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    api_bearer_token: SecretStr | None = Field(
+        default=None,
+        description="required: the token every request but GET /health must carry",
+    )
+    host: str = Field(default="127.0.0.1", description="the address `serve` listens on")
+    port: int = Field(default=8000, ge=0, le=65535, description="the port `serve` listens on")
 
-    workspace_dir: Path = Path("./workspace")
-    data_dir: Path = Path("./data")
+    workspace_dir: Path = Field(
+        default=Path("./workspace"), description="the agent's working directory (a git work tree)"
+    )
+    data_dir: Path = Field(
+        default=Path("./data"), description="the service's own state: the job database"
+    )
 
-    claude_bin: str = "claude"
-    claude_permission_mode: str = "acceptEdits"
-    default_model: str = "sonnet"
-    supported_models: Annotated[tuple[str, ...], NoDecode] = ("haiku", "sonnet", "opus")
+    claude_bin: str = Field(
+        default="claude", description="the Claude Code CLI to run (a path, or a name on PATH)"
+    )
+    claude_permission_mode: PermissionMode = Field(
+        default="acceptEdits", description="passed to the CLI as --permission-mode"
+    )
+    default_model: str = Field(default="sonnet", description="the model when a request names none")
+    supported_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("haiku", "sonnet", "opus"),
+        description="the model aliases requests may name (comma-separated)",
+    )
 
-    chat_agent: str | None = None
-    chat_max_budget_usd: float = Field(default=2.0, gt=0)
-    chat_timeout_seconds: float = Field(default=900, gt=0)
+    chat_agent: str | None = Field(
+        default=None, description="passed as --agent for chat completions"
+    )
+    chat_max_budget_usd: float = Field(
+        default=2.0, gt=0, description="passed as --max-budget-usd for chat completions"
+    )
+    chat_timeout_seconds: float = Field(
+        default=900, gt=0, description="wall-clock limit of one chat run"
+    )
 
-    git_repo_url: str | None = None
-    git_branch: str | None = None
-    git_sync: bool = True
-    git_sync_timeout_seconds: float = Field(default=60, gt=0)
-    git_sync_min_interval_seconds: float = Field(default=0, ge=0)
-    git_sync_required: bool = False
-    git_push: bool = False
-    git_author_name: str = "Claude Agent Service"
-    git_author_email: str = "agent-service@localhost"
+    git_repo_url: str | None = Field(
+        default=None, description="the repository to clone into a missing or empty workspace"
+    )
+    git_branch: str | None = Field(
+        default=None, description="the branch to sync with and push to (none: the remote's)"
+    )
+    git_sync: bool = Field(default=True, description="fetch and rebase before every run")
+    git_sync_timeout_seconds: float = Field(
+        default=60, gt=0, description="bound on each git command of the sync and of the push"
+    )
+    git_sync_min_interval_seconds: float = Field(
+        default=0, ge=0, description="runs closer together than this share one fetch"
+    )
+    git_sync_required: bool = Field(default=False, description="a failed sync fails the run")
+    git_push: bool = Field(
+        default=False, description="after every run, commit what the agent left and push it"
+    )
+    git_author_name: str = Field(
+        default="Claude Agent Service", description="author of the service's commits"
+    )
+    git_author_email: str = Field(
+        default="agent-service@localhost", description="author e-mail of the service's commits"
+    )
 
-    max_request_bytes: int = Field(default=10 * 2**20, gt=0)
+    max_request_bytes: int = Field(
+        default=10 * 2**20, gt=0, description="larger request bodies get 413"
+    )
 
-    job_max_budget_usd: float = Field(default=5.0, gt=0)
-    job_timeout_seconds: float = Field(default=2700, ge=1)
-    max_queue_depth: int = Field(default=100, ge=1)
-    job_max_event_bytes: int = Field(default=64 * 2**20, ge=4096)
-    shutdown_grace_seconds: float = Field(default=30, ge=0)
-    job_retention_days: float = Field(default=30, gt=0)
+    job_max_budget_usd: float = Field(
+        default=5.0, gt=0, description="the default and the cap of a job's max_budget_usd"
+    )
+    job_timeout_seconds: float = Field(
+        default=2700, ge=1, description="the default and the cap of a job's timeout_seconds"
+    )
+    max_queue_depth: int = Field(
+        default=100, ge=1, description="queued jobs at most; past it POST /execute gets 429"
+    )
+    job_max_event_bytes: int = Field(
+        default=64 * 2**20, ge=4096, description="stored events per job at most"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30, ge=0, description="on SIGTERM, how long running work may go on"
+    )
+    job_retention_days: float = Field(
+        default=30, gt=0, description="finished jobs older than this are deleted"
+    )
 
     @field_validator("supported_models", mode="before")
     @classmethod
@@ -66,8 +130,24 @@ class Settings(BaseSettings):
     @classmethod
     def _default_model_nonempty(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("DEFAULT_MODEL must not be empty")
+            raise ValueError("must not be empty")
         return value
+
+    @field_validator("supported_models")
+    @classmethod
+    def _some_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one model")
+        return value
+
+    @model_validator(mode="after")
+    def _default_is_supported(self) -> Settings:
+        if self.default_model not in self.supported_models:
+            raise ValueError(
+                f"DEFAULT_MODEL {self.default_model!r} is not among SUPPORTED_MODELS "
+                f"({', '.join(self.supported_models)}): add it there, or choose one of them"
+            )
+        return self
 
     @property
     def bearer_token(self) -> str | None:
@@ -79,13 +159,88 @@ class Settings(BaseSettings):
 
     @property
     def models(self) -> tuple[str, ...]:
-        """The accepted model aliases; the default is always among them."""
-        if self.default_model in self.supported_models:
-            return self.supported_models
-        return (*self.supported_models, self.default_model)
+        """The accepted model aliases."""
+        return self.supported_models
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read on first use and kept."""
     return Settings()
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """One readable line per invalid setting: `NAME: what is wrong (got 'value')`."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        if name and isinstance(given, str | int | float) and "SECRET" not in name:
+            shown = "***" if name == "API_BEARER_TOKEN" else given
+            lines.append(f"{name}: {message} (got {shown!r})")
+        elif name:
+            lines.append(f"{name}: {message}")
+        else:
+            lines.append(message)
+    return lines
+
+
+def find_cli(claude_bin: str) -> str | None:
+    """The CLI's path if `claude_bin` names an executable (a path, or a name on PATH)."""
+    return shutil.which(claude_bin)
+
+
+def setting_rows() -> list[tuple[str, str, str]]:
+    """(NAME, default, description) of every setting, for help texts."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "none"
+        elif isinstance(default, tuple):
+            shown = ",".join(default)
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, Path) and not default.is_absolute():
+            shown = f"./{default}"
+        else:
+            shown = str(default)
+        rows.append((name.upper(), shown, field.description or ""))
+    return rows
+
+
+# The CLI's own variables that `.env` may hold for the agent: its credential,
+# its endpoint and options, a cloud provider's credentials, a proxy.
+_AGENT_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_", "AWS_", "GOOGLE_", "CLOUD_ML_", "VERTEX_")
+_AGENT_NAMES = frozenset(
+    {
+        "IS_SANDBOX",
+        "API_TIMEOUT_MS",
+        "MAX_THINKING_TOKENS",
+        "BASH_DEFAULT_TIMEOUT_MS",
+        "BASH_MAX_TIMEOUT_MS",
+        "MCP_TIMEOUT",
+        "DISABLE_TELEMETRY",
+        "DISABLE_AUTOUPDATER",
+        "DISABLE_ERROR_REPORTING",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+
+
+def is_agent_variable(name: str) -> bool:
+    """Whether a `.env` variable is for the agent (the CLI), not for the service."""
+    return name in _AGENT_NAMES or name.startswith(_AGENT_PREFIXES)
+
+
+@lru_cache(maxsize=1)
+def agent_dotenv() -> Mapping[str, str]:
+    """The agent's variables written in `.env` (read once, like the settings)."""
+    values: dict[str, Any] = dotenv_values(ENV_FILE) if os.path.isfile(ENV_FILE) else {}
+    return {k: v for k, v in values.items() if isinstance(v, str) and is_agent_variable(k)}

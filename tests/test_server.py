@@ -54,6 +54,7 @@ def test_the_sdk_lists_models_and_sees_auth_errors(server: Server) -> None:
     assert err.value.response.json() == {
         "error": "unsupported model",
         "detail": "model 'gpt-4o' is not supported",
+        "message": "model 'gpt-4o' is not supported",
         "supported": ["haiku", "sonnet", "opus"],
     }
 
@@ -124,6 +125,7 @@ def test_at_sigterm_a_chat_gets_the_grace_then_a_503(
     assert err.value.response.json() == {
         "error": "execution failed",
         "detail": "the service shut down during the run; it was cancelled",
+        "message": "the service shut down during the run; it was cancelled",
     }
     (call,) = read_log(fake_log)
     assert group_members(call["pgid"]) == []

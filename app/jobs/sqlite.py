@@ -578,3 +578,9 @@ def _job(found: sqlite3.Row, queue_position: int | None) -> Job:
 
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
+
+
+def check_database(data_dir: Path) -> None:
+    """At start-up, before serving: open the database (creating or migrating
+    it), verify its integrity (bounded), close it. Raises DatabaseError."""
+    connect(data_dir / DATABASE_NAME, check=True).close()

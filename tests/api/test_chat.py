@@ -91,6 +91,7 @@ async def test_a_failed_run_is_a_503_with_the_clis_own_message(client: httpx.Asy
     assert response.json() == {
         "error": "execution failed",
         "detail": "Invalid API key · Fix external API key",
+        "message": "Invalid API key · Fix external API key",
     }
 
 
@@ -122,7 +123,9 @@ async def test_every_chat_end_is_logged_with_its_outcome(
     await client.post("/v1/chat/completions", json=chat("@fake:crash"), headers=AUTH)
     ended = [r.getMessage() for r in caplog.records if r.name == "app.runs"]
     assert len(ended) == 2
-    assert ended[0].startswith("chat chatcmpl-") and ended[0].endswith(" completed (cost $0.0013197)")
+    assert ended[0].startswith("chat chatcmpl-") and ended[0].endswith(
+        " completed (cost $0.0013197)"
+    )
     assert ended[1].endswith(" ended failed: boom: fake crash")
 
 
@@ -178,7 +181,11 @@ async def test_busy_is_a_503_with_retry_after(client: httpx.AsyncClient) -> None
         await asyncio.sleep(0.01)
     busy = await client.post("/v1/chat/completions", json=chat("hi"), headers=AUTH)
     assert busy.status_code == 503
-    assert busy.json() == {"error": "execution failed", "detail": "agent is busy"}
+    assert busy.json() == {
+        "error": "execution failed",
+        "detail": "agent is busy",
+        "message": "agent is busy",
+    }
     assert busy.headers["Retry-After"] == "5"
     assert (await slow).status_code == 200
     health = await client.get("/health")
@@ -197,6 +204,7 @@ async def test_a_chat_after_the_shutdown_began_is_a_503(client: httpx.AsyncClien
     assert response.json() == {
         "error": "execution failed",
         "detail": "the service is shutting down",
+        "message": "the service is shutting down",
     }
     assert response.headers["Retry-After"] == "5"
 
@@ -304,7 +312,7 @@ async def test_no_configured_token_refuses_everyone(
 async def test_unknown_paths_and_methods_use_the_error_shape(client: httpx.AsyncClient) -> None:
     missing = await client.get("/nope", headers=AUTH)
     assert missing.status_code == 404
-    assert missing.json() == {"error": "not found", "detail": "Not Found"}
+    assert missing.json() == {"error": "not found", "detail": "Not Found", "message": "Not Found"}
     wrong = await client.get("/v1/chat/completions", headers=AUTH)
     assert wrong.status_code == 405
     assert wrong.json()["error"] == "method not allowed"

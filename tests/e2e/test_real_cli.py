@@ -201,6 +201,7 @@ def test_api_errors_surface_as_the_clis_readable_message(
         assert chat.json() == {
             "error": "execution failed",
             "detail": "Invalid API key · Fix external API key",
+            "message": "Invalid API key · Fix external API key",
         }
         api.script(
             [{"error": {"status": 529, "type": "overloaded_error", "message": "Overloaded"}}]

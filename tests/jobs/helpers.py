@@ -33,19 +33,27 @@ def wait_for(
 
 
 def sse(
-    client: httpx.Client, job_id: str, last_event_id: str | None = None
+    client: httpx.Client,
+    job_id: str,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The job's event stream, parsed: one dict (id, event, data) per event."""
+    """The job's event stream, parsed: one dict (id, event, data) per event;
+    with `stop_after`, the stream is closed after that many events."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
     with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         event: dict[str, Any] = {}
+        seen = 0
         for line in response.iter_lines():
             if not line:
                 if "data" in event:
                     event["json"] = json.loads(event["data"])
                     yield event
+                    seen += 1
+                    if stop_after is not None and seen >= stop_after:
+                        return
                 event = {}
             elif not line.startswith(":"):
                 field, _, value = line.partition(":")

@@ -182,6 +182,7 @@ def test_a_finished_job_cannot_be_cancelled(client: httpx.Client) -> None:
     assert response.json() == {
         "error": "job finished",
         "detail": f"job {job_id} already ended: completed",
+        "message": f"job {job_id} already ended: completed",
     }
 
 
@@ -377,7 +378,11 @@ def test_bad_queries_and_unknown_jobs(client: httpx.Client) -> None:
     ]:
         response = client.request(method, path)
         assert response.status_code == 404
-        assert response.json() == {"error": "not found", "detail": "no job 'nope'"}
+        assert response.json() == {
+            "error": "not found",
+            "detail": "no job 'nope'",
+            "message": "no job 'nope'",
+        }
     job_id = submit(client, "for a bad Last-Event-ID")
     for bad in ("x", "9" * 20, "-3"):
         response = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": bad})

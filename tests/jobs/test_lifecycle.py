@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import group_members, read_log, start_server
+from tests.conftest import group_members, read_log, start_server, wait_until
 from tests.jobs.helpers import sse, submit, wait_for
 
 
@@ -134,6 +134,12 @@ def test_after_sigkill_a_restart_interrupts_the_running_job_and_runs_the_queue(
         wait_for(client, running, {"running"})
         queued = [submit(client, f"after-restart-{i}") for i in range(3)]
         call = wait_for_call(fake_log, "killed-mid-run")
+        # the session id is stored with the CLI's first events
+        wait_until(
+            lambda: client.get(f"/jobs/{running}").json()["session_id"] is not None,
+            "the running job has its session id",
+        )
+        init = next(e["json"] for e in sse(client, running, stop_after=3) if e["event"] == "system")
     server.stop(signal.SIGKILL)
     # The CLI runs in a session of its own: it outlived the service...
     assert group_members(call["pgid"]) != []
@@ -144,6 +150,7 @@ def test_after_sigkill_a_restart_interrupts_the_running_job_and_runs_the_queue(
         with again.client() as client:
             job = client.get(f"/jobs/{running}").json()
             assert job["status"] == "interrupted" and job["finished_at"] is not None
+            assert job["session_id"] == init["session_id"]  # it can be resumed
             finished = [wait_for(client, job_id) for job_id in queued]
             assert [j["status"] for j in finished] == ["completed"] * 3
             starts = [j["started_at"] for j in finished]

@@ -285,6 +285,7 @@ def test_an_unreachable_remote_is_reported_without_its_password(
 def test_a_failed_clone_refuses_to_start_with_credentials_redacted(tmp_path: Path) -> None:
     env = {
         "API_BEARER_TOKEN": TOKEN,
+        "CLAUDE_BIN": str(FAKE_CLAUDE),
         "WORKSPACE_DIR": str(tmp_path / "ws"),
         "GIT_REPO_URL": f"http://user:s3cret@127.0.0.1:{free_port()}/nope.git",
     }
