@@ -20,9 +20,10 @@ from uvicorn.config import LOGGING_CONFIG
 from app import __version__
 from app.instance import DataDirLocked, bind_listener, lock_data_dir, setting_problems
 from app.jobs.sqlite import DatabaseError, check_database
+from app.redact import redact
 from app.settings import Settings, describe_problems, get_settings, setting_rows
 from app.shutdown import SHUTDOWN_MARGIN_S, shutdown
-from app.workspace.git import WorkspaceError, ensure_workspace, redact
+from app.workspace.git import WorkspaceError, ensure_workspace
 
 
 class ExitCode(enum.IntEnum):
@@ -146,6 +147,9 @@ class _Server(uvicorn.Server):
 
 def _log_config() -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": "app.logs.RedactingFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
     config["loggers"]["app"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
 

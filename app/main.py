@@ -24,6 +24,7 @@ from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
 from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
+from app.api.openapi import OPEN_PATHS, install_openapi
 from app.auth import BearerAuth
 from app.errors import install_error_handlers
 from app.instance import lock_data_dir, setting_problems
@@ -248,7 +249,8 @@ app.state.run_agent = run_agent
 app.state.is_busy = is_busy
 install_error_handlers(app)
 app.include_router(api_router)
+install_openapi(app)
 app.add_middleware(BodySizeLimit, max_bytes=lambda: get_settings().max_request_bytes)
 app.add_middleware(  # outermost: refuse strangers before reading anything
-    BearerAuth, token=lambda: get_settings().bearer_token, open_paths=frozenset({"/health"})
+    BearerAuth, token=lambda: get_settings().bearer_token, open_paths=OPEN_PATHS
 )

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -25,6 +26,14 @@ FAKES = Path(__file__).parent / "fakes"
 FAKE_CLAUDE = FAKES / "claude"
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "test-token"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose real part (a CLI, a database server, a mount) cannot be
+    had here; where CI requires every real part (REQUIRE_REAL_PARTS=1), fail."""
+    if os.environ.get("REQUIRE_REAL_PARTS") == "1":
+        pytest.fail(f"REQUIRE_REAL_PARTS=1, but {reason}")
+    pytest.skip(reason)
 
 
 def git(*args: str, cwd: Path) -> str:

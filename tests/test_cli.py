@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from app.cli import EXIT_CODE_MEANINGS
+from app.redact import redact
 from app.settings import setting_rows
-from app.workspace.git import WorkspaceError, ensure_workspace, redact
+from app.workspace.git import WorkspaceError, ensure_workspace
 from tests.conftest import TOKEN, cli, free_port, git, read_log, start_server, wait_until
 from tests.jobs.helpers import submit, wait_for
 

@@ -12,7 +12,13 @@ from app.errors import ServiceError
 from app.jobs.worker import JobRuntime
 from app.settings import Settings, get_settings
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def _settings() -> Settings:
+    # async: a plain function would run in FastAPI's thread pool on every request
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def resolve_model(requested: str | None, settings: Settings) -> str:
@@ -27,12 +33,12 @@ def resolve_model(requested: str | None, settings: Settings) -> str:
     return model
 
 
-def _run_agent(request: Request) -> RunAgent:
+async def _run_agent(request: Request) -> RunAgent:
     runner: RunAgent = request.app.state.run_agent
     return runner
 
 
-def _is_busy(request: Request) -> Callable[[], bool]:
+async def _is_busy(request: Request) -> Callable[[], bool]:
     busy: Callable[[], bool] = request.app.state.is_busy
     return busy
 
@@ -41,7 +47,7 @@ RunAgentDep = Annotated[RunAgent, Depends(_run_agent)]
 IsBusyDep = Annotated[Callable[[], bool], Depends(_is_busy)]
 
 
-def _jobs(request: Request) -> JobRuntime:
+async def _jobs(request: Request) -> JobRuntime:
     jobs: JobRuntime | None = getattr(request.app.state, "jobs", None)
     if jobs is None:
         raise ServiceError(

@@ -14,19 +14,39 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import JobsDep, SettingsDep, resolve_model
+from app.api.routing import StrictJsonRoute
 from app.errors import ServiceError
 from app.jobs.events import events_after
 from app.jobs.models import Job, JobStatus, NewJob
-from app.jobs.store import IdempotencyConflict, JobStore, QueueFull
+from app.jobs.store import IdempotencyConflict, JobStore, QueueFull, StoreUnavailable
+from app.schemas.errors import errors
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
 from app.shutdown import SHUTDOWN_MARGIN_S
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=StrictJsonRoute)
 
 QUEUE_FULL_RETRY_AFTER_S = 30
 # Cursors and event ids: plain ASCII digits that fit SQLite's 64-bit integers.
 _COUNTER = re.compile(r"^[0-9]{1,18}$")
 SSE_PING_S = 15
+# One event of the stream (OpenAPI 3.2 style: its fields; `data` a JSON object).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "the event's sequence number in the job"},
+        "event": {"type": "string", "description": "the CLI event's type, or `status`, ..."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}},
+                "required": ["type"],
+            },
+        },
+    },
+    "required": ["id", "event", "data"],
+}
 
 
 class NotFound(ServiceError):
@@ -34,13 +54,23 @@ class NotFound(ServiceError):
     error = "not found"
 
 
-@router.post("/execute", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/execute",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        200: {"model": JobAccepted, "description": "An Idempotency-Key repeat: that job"},
+        **errors(400, 401, 413, 422, 429, 503),
+    },
+)
 async def execute(
     body: ExecuteRequest,
     settings: SettingsDep,
     jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JSONResponse:
+    if jobs.store.write_error is not None:  # not even tried: it would flap with the disk
+        raise StoreUnavailable(jobs.store.write_error)
     model = resolve_model(body.model, settings)
     budget = body.max_budget_usd or settings.job_max_budget_usd
     if budget > settings.job_max_budget_usd:
@@ -91,7 +121,7 @@ async def execute(
     )
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get("/jobs", response_model=JobList, responses=errors(400, 401, 422))
 async def list_jobs(
     jobs: JobsDep,
     status: str | None = None,
@@ -121,7 +151,7 @@ async def list_jobs(
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobView)
+@router.get("/jobs/{job_id}", response_model=JobView, responses=errors(401, 404))
 async def get_job(job_id: str, jobs: JobsDep) -> JobView:
     return JobView.of(await _get(jobs.store, job_id))
 
@@ -133,7 +163,7 @@ async def _get(store: JobStore, job_id: str) -> Job:
     return job
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+@router.post("/jobs/{job_id}/cancel", response_model=JobView, responses=errors(401, 404, 409, 503))
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
     job = await _get(jobs.store, job_id)
     if job.status.terminal:
@@ -161,7 +191,17 @@ def _already_ended(job_id: str, status: str) -> ServiceError:
     )
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: one per CLI line and status change",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        },
+        **errors(400, 401, 404),
+    },
+)
 async def job_events(
     job_id: str,
     jobs: JobsDep,

@@ -17,7 +17,10 @@ from app.agent.prompt import chat_prompt
 from app.agent.run import AgentBusy, AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult, one_line
 from app.api.deps import RunAgentDep, SettingsDep, resolve_model
+from app.api.routing import StrictJsonRoute
 from app.errors import ExecutionFailed, ServiceError
+from app.redact import redact
+from app.schemas.errors import errors
 from app.schemas.openai import (
     AssistantMessage,
     ChatCompletion,
@@ -28,10 +31,10 @@ from app.schemas.openai import (
     PromptTokensDetails,
     Usage,
 )
-from app.workspace.git import GitReport, redact
+from app.workspace.git import GitReport
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 
 # How often a running chat checks whether its client went away.
 _DISCONNECT_POLL_S = 1.0
@@ -39,12 +42,16 @@ _DISCONNECT_POLL_S = 1.0
 BUSY_RETRY_AFTER_S = 5
 
 
-@router.get("/models")
+@router.get("/models", responses=errors(401))
 async def list_models(settings: SettingsDep) -> ModelList:
     return ModelList(data=[ModelCard(id=name) for name in settings.models])
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses=errors(400, 401, 413, 422, 499, 503),
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,

@@ -20,7 +20,7 @@ from app.agent.stream import Event
 from app.aio import complete_even_if_cancelled
 from app.jobs.models import EventState, JobEvent, JobStatus
 from app.jobs.store import JobStore, StoreUnavailable, truncated_marker
-from app.workspace.git import redact
+from app.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ FLUSH_INTERVAL_S = 0.1
 FLUSH_BYTES = 256 * 1024
 # While the store cannot write: retry after this, doubling up to the cap.
 RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 10.0
+RETRY_MAX_S = 5.0
 # How long a watcher waits for news before it looks at the store anyway.
 IDLE_POLL_S = 5.0
 # Live events held for one slow watcher at most; past it, it reads the store.
@@ -155,6 +155,8 @@ class EventSink:
         self._closing = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._session_stored = False
+        self.waiting = False
+        """True while a write failed and is being retried."""
         # from the first event that names it (`system` init): a run killed
         # before its `result` still leaves a session to resume
         self.session_id: str | None = None
@@ -228,8 +230,10 @@ class EventSink:
         while True:
             try:
                 await self.flush()
+                self.waiting = False
                 return
             except StoreUnavailable as exc:
+                self.waiting = True
                 logger.error(
                     "job %s: %d events wait for the store (%s); retrying in %.1fs",
                     self._job_id,

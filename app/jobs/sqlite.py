@@ -96,6 +96,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN git TEXT;
     ALTER TABLE jobs ADD COLUMN leader_start INTEGER;
     """,
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 _JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
@@ -134,6 +137,15 @@ class SQLiteJobStore:
     async def close(self) -> None:
         await self._run(self._conn.close)
         self._executor.shutdown(wait=True)
+
+    async def probe(self) -> None:
+        def write() -> None:
+            with _transaction(self._conn):
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", (utc_now(),)
+                )
+
+        await self._write(write)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -509,6 +521,8 @@ def connect(path: Path, check: bool = False) -> sqlite3.Connection:
         if check:
             _quick_check(conn, path)
         _migrate(conn, path)
+        if check:  # a read-only file opens, and only its first write would fail
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (utc_now(),))
     except DatabaseError:
         conn.close()
         raise

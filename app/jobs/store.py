@@ -10,11 +10,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
+from app.errors import ServiceError
 from app.jobs.models import EventState, Job, JobEvent, JobStatus, NewJob, Outcome
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # An event page held for one stream: rows up to about this much data.
 EVENT_PAGE_BYTES = 256 * 1024
+# What a client is told to wait when the store cannot write.
+STORE_RETRY_AFTER_S = 30
 
 
 class QueueFull(Exception):
@@ -25,9 +28,15 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used, within its window, for a different request."""
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(ServiceError):
     """The store cannot read or write now (a full disk, a database gone); the
-    message says why and is safe to show."""
+    message says why and is safe to show. Answered as 503, to retry later."""
+
+    status_code = 503
+    error = "store unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
 
 class JobStore(Protocol):
@@ -39,6 +48,11 @@ class JobStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def probe(self) -> None:
+        """Try a small write, to learn whether a failing store is back (clears
+        `write_error` when it is); raises StoreUnavailable when it is not."""
+        ...
 
     # -- submitting and reading --------------------------------------------
 

@@ -22,12 +22,15 @@ from app.agent.stream import AgentResult
 from app.jobs.events import RETRY_FIRST_S, RETRY_MAX_S, EventSink, JobEvents
 from app.jobs.models import Job, JobStatus, Outcome
 from app.jobs.store import JobStore, StoreUnavailable
-from app.workspace.git import GitReport, redact
+from app.redact import redact
+from app.workspace.git import GitReport
 
 logger = logging.getLogger(__name__)
 
 # How long the worker sleeps when nothing wakes it (a safety net, not the path).
 IDLE_POLL_S = 5.0
+# While the store cannot write, how often the worker tries a small write.
+STORE_PROBE_S = 2.0
 LOCK_POLL_S = 0.1
 STOP_WAIT_S = 300.0
 PRUNE_INTERVAL_S = 3600.0
@@ -125,6 +128,7 @@ class Worker:
         self._current: tuple[str, asyncio.Task[AgentResult]] | None = None
         self._cancel_reason: JobStatus | None = None
         self._recorded: dict[str, asyncio.Event] = {}
+        self._sinks: set[EventSink] = set()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -189,13 +193,33 @@ class Worker:
                 await self._prune()
                 next_prune = loop.time() + PRUNE_INTERVAL_S
             self._wake.clear()
+            if not await self._store_writes():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), STORE_PROBE_S)
+                continue
             try:
                 if await self._run_next():
                     continue
+            except StoreUnavailable as exc:
+                logger.error("the job store cannot be written: %s", exc)
             except Exception:
                 logger.exception("the job worker hit an error; going on")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+
+    async def _store_writes(self) -> bool:
+        """Whether the store takes writes; while it does not, probe it (so that
+        /health and submissions learn when it is back) rather than claim.
+
+        A run retrying its own events is the better probe: a small write may
+        fit where its batch does not, and the state would flap.
+        """
+        if self._store.write_error is None:
+            return True
+        if not any(sink.waiting for sink in self._sinks):
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.probe()
+        return self._store.write_error is None
 
     async def _run_next(self) -> bool:
         """Run the oldest queued job, if any; False when the queue is empty."""
@@ -231,6 +255,7 @@ class Worker:
         state = await self._store.event_state(job_id)
         sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes, state)
         self._hub.attach(job_id, sink)
+        self._sinks.add(sink)
         run = AgentRun(
             prompt=job.prompt,
             model=job.model,
@@ -245,7 +270,10 @@ class Worker:
         current_boot = boot_id()
 
         async def on_start(pgid: int) -> None:
-            await self._store.set_process_group(job_id, pgid, current_boot, start_ticks(pgid))
+            try:
+                await self._store.set_process_group(job_id, pgid, current_boot, start_ticks(pgid))
+            except StoreUnavailable as exc:  # only needed after a crash; the run goes on
+                logger.warning("job %s: its process group is not recorded: %s", job_id, exc)
 
         task = asyncio.create_task(
             self._execute(run, report=report, on_line=sink.on_line, on_start=on_start)
@@ -284,6 +312,7 @@ class Worker:
         however long a failing store takes to come back (bounded backoff)."""
         await sink.close()
         self._hub.detach(job_id)
+        self._sinks.discard(sink)
         final = outcome or Outcome(
             status=JobStatus.INTERRUPTED, is_error=True, error=INTERRUPTED_ERROR
         )

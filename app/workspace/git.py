@@ -18,15 +18,10 @@ from typing import Any
 
 from app.agent.command import child_environment
 from app.agent.process import terminate_group
+from app.redact import redact
 
 logger = logging.getLogger(__name__)
 
-# userinfo right after a scheme's "://" (RFC 3986 characters, plus a raw "@"
-# some passwords hold) up to the last "@" before the host; never across a
-# quote, so JSON lines stay JSON. Linear time: it is tried only where "://"
-# precedes, and a match stops at the next "/" (a pattern that matched the
-# scheme itself rescanned every run of letters from each of its positions).
-_CREDENTIALS = re.compile(r"(?<=[A-Za-z0-9+.-]://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+@")
 # The work tree and its .git are the agent's: what it may have configured
 # there to run commands, or to fail every commit, is overridden (command-line
 # config wins). Hooks, fsmonitor, signing, ext:: transports; the pack programs
@@ -89,11 +84,6 @@ class GitReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def redact(text: str) -> str:
-    """Hide `user:password@` in any URL in `text`."""
-    return _CREDENTIALS.sub("***@", text) if "://" in text else text
 
 
 def git_environment(work_tree: Path | None = None) -> dict[str, str]:

@@ -345,6 +345,10 @@ def test_listing_is_newest_first_with_a_cursor_and_a_status_filter(client: httpx
             400,
             "malformed JSON",
         ),
+        # json.loads would guess UTF-16 from the NUL bytes; the API says UTF-8
+        ({"content": '{"prompt": "x"}'.encode("utf-16")}, 400, "bad request"),
+        ({"content": '{"prompt": "x"}'.encode("utf-16-le")}, 400, "malformed JSON"),
+        ({"content": '{"prompt": "caf\u00e9"}'.encode("latin-1")}, 400, "bad request"),
     ],
 )
 def test_bad_submissions_are_refused_and_nothing_is_stored(
@@ -412,3 +416,24 @@ def test_remote_credentials_the_agent_prints_are_redacted_in_the_record(
     events = list(sse(client, job["job_id"]))
     assert all("hunter2" not in e["data"] for e in events)
     assert any("https://***@git.example/r" in e["data"] for e in events if e["event"] == "result")
+
+
+def test_the_bearer_token_an_agent_prints_is_redacted_everywhere(
+    shared: tuple[Server, Path], client: httpx.Client
+) -> None:
+    """A hostile agent reads the service's environment and prints the token:
+    it reaches no event, record, chat answer or log line."""
+    job = wait_for(client, submit(client, "@fake:leak_env"))
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "@fake:leak_env @fake:chat"}]},
+    )
+    events = list(sse(client, job["job_id"]))
+    listed = client.get("/jobs").text
+    assert job["status"] == "failed" and job["error"] == "the token is ***"
+    assert job["stderr_tail"] == "the token is ***"
+    assert chat.json()["choices"][0]["message"]["content"] == "the token is ***"
+    texts = [e["data"] for e in events if e["event"] == "assistant"]
+    assert any("the token is ***" in text for text in texts)
+    for text in [str(job), chat.text, listed, *(e["data"] for e in events), shared[0].log()]:
+        assert TOKEN not in text

@@ -36,7 +36,7 @@ async def test_the_database_is_in_wal_mode_at_the_current_schema(
     store: JobStore, tmp_path: Path
 ) -> None:
     assert sql(tmp_path, "PRAGMA journal_mode") == [("wal",)]
-    assert sql(tmp_path, "PRAGMA user_version") == [(2,)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
 async def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ async def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) ->
     try:
         job = await store.get("old")
         assert job is not None and job.status == "completed" and job.git is None
-        assert sql(tmp_path, "PRAGMA user_version") == [(2,)]
+        assert sql(tmp_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     finally:
         await store.close()
 

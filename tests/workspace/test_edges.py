@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.workspace.git import NOT_A_REPOSITORY, GitReport, publish, redact, sync_workspace
+from app.redact import redact
+from app.workspace.git import NOT_A_REPOSITORY, GitReport, publish, sync_workspace
 from tests.conftest import git, make_remote, push_change
 
 AUTHOR = ("Claude Agent Service", "agent-service@localhost")

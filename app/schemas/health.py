@@ -1,0 +1,20 @@
+"""The answer of `GET /health`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class Health(BaseModel):
+    """Liveness, and what is degraded: 200 whatever it says."""
+
+    status: Literal["ok", "degraded"]
+    """`degraded` while the job store cannot be written."""
+    busy: bool
+    """No run can start now (every workspace is in use)."""
+    version: str
+    store: Literal["ok", "failing"]
+    store_error: str | None = None
+    """Why the store's last write failed, while it fails."""
