@@ -23,7 +23,8 @@ from app.jobs.sqlite import DatabaseError, check_database
 from app.redact import redact
 from app.settings import Settings, describe_problems, get_settings, setting_rows
 from app.shutdown import SHUTDOWN_MARGIN_S, shutdown
-from app.workspace.git import WorkspaceError, ensure_workspace
+from app.workspace.git import WorkspaceError
+from app.workspace.pool import prepare_slots
 
 
 class ExitCode(enum.IntEnum):
@@ -111,8 +112,12 @@ def serve(*, host: str | None, port: int | None) -> int:
         return ExitCode.ADDRESS
     try:
         check_database(settings.data_dir)
-        ensure_workspace(
-            settings.workspace_dir, repo_url=settings.git_repo_url, branch=settings.git_branch
+        prepare_slots(
+            count=settings.max_concurrent_runs,
+            workspace_dir=settings.workspace_dir,
+            data_dir=settings.data_dir,
+            repo_url=settings.git_repo_url,
+            branch=settings.git_branch,
         )
     except DatabaseError as exc:
         listener.close()

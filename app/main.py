@@ -3,6 +3,8 @@ and `run_agent`, the one coroutine that runs an agent.
 
 `run_git_sync`, `execution_lock` and `asyncio.create_subprocess_exec` are looked
 up here at call time, so that tests can patch them on this module.
+`execution_lock` is slot 0's lock: with MAX_CONCURRENT_RUNS=1 (the default) it
+is the one workspace's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.agent import process
+from app.agent import process, sessions
 from app.agent.command import build_command, current_child_environment
 from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
@@ -34,35 +36,38 @@ from app.jobs.worker import JobRuntime, Worker
 from app.limits import BodySizeLimit
 from app.settings import get_settings
 from app.shutdown import shutdown
-from app.workspace import git
+from app.workspace.bootstrap import restore_config
+from app.workspace.git import Git
+from app.workspace.pool import Workspace, WorkspacePool, prepare_slots
+from app.workspace.publish import GitReport, commit_subject, publish
+from app.workspace.sync import sync_workspace
 
 logger = logging.getLogger(__name__)
 
-# One agent run at a time per workspace; a run that finds it held is refused.
+# Slot 0's lock: a run holds it while it uses WORKSPACE_DIR; one that finds
+# every slot held is refused.
 execution_lock = asyncio.Lock()
-_fetch_throttle = git.FetchThrottle()
 # At shutdown, how long cancelled runs get to kill their process groups and push.
 _CLEANUP_GRACE_S = 60.0
 # Runs for requests, so that shutdown can end them cleanly (jobs: the worker).
 _chat_runs: set[asyncio.Task[Any]] = set()
-# Without GIT_BRANCH: the branch checked out at start-up, per workspace. The
-# workspace is kept on it, whatever branch an agent switches to.
-_startup_branch: dict[Path, str | None] = {}
-# The workspace's git config at start-up, put back before the service's git runs.
-_startup_config: dict[Path, git.ConfigSnapshot | None] = {}
 
 
-def _restore_git_config() -> None:
-    git.restore_config(_startup_config.get(get_settings().workspace_dir))
+def _slot_zero_lock() -> asyncio.Lock:
+    return execution_lock  # read at call time: tests replace it
 
 
-def _workspace_branch() -> str | None:
-    settings = get_settings()
-    return settings.git_branch or _startup_branch.get(settings.workspace_dir)
+def workspace_pool() -> WorkspacePool:
+    """The pool the lifespan set up; without a lifespan (an app driven in
+    process), one slot: WORKSPACE_DIR as the settings name it."""
+    pool: WorkspacePool | None = getattr(app.state, "pool", None)
+    if pool is None:
+        pool = WorkspacePool([Workspace(0, get_settings().workspace_dir, _slot_zero_lock)])
+    return pool
 
 
-async def run_git_sync() -> str | None:
-    """Bring the workspace up to date with its remote before a run.
+async def run_git_sync(workspace: Workspace | None = None) -> str | None:
+    """Bring a workspace (slot 0 by default) up to date with its remote before a run.
 
     Returns None, or the error of a failed sync (logged; the run goes on with
     the local state unless GIT_SYNC_REQUIRED).
@@ -70,59 +75,69 @@ async def run_git_sync() -> str | None:
     settings = get_settings()
     if not settings.git_sync:
         return None
-    _restore_git_config()
-    error = await git.sync_workspace(
-        settings.workspace_dir,
+    workspace = workspace or workspace_pool().workspaces[0]
+    restore_config(workspace.config)
+    error = await sync_workspace(
+        workspace.path,
         timeout_s=settings.git_sync_timeout_seconds,
-        branch=_workspace_branch(),
+        branch=settings.git_branch or workspace.branch,
         min_interval_s=settings.git_sync_min_interval_seconds,
-        throttle=_fetch_throttle,
+        throttle=workspace.throttle,
     )
     if error:
-        logger.warning("git sync failed: %s", error)
+        logger.warning("slot %d: git sync failed: %s", workspace.slot, error)
     return error
 
 
-async def run_agent(run: AgentRun, *, report: git.GitReport | None = None) -> AgentResult:
-    """Run the agent once for a request: take the workspace, or fail at once.
+async def run_agent(run: AgentRun, *, report: GitReport | None = None) -> AgentResult:
+    """Run the agent once for a request in a free workspace, or fail at once.
 
-    Raises `AgentBusy` if another run (a chat or a job) holds the workspace.
+    Raises `AgentBusy` if every workspace is in use (by chats or jobs).
     """
-    lock = execution_lock
-    if lock.locked():
-        raise AgentBusy("agent is busy")
     if shutdown.begun:
         raise AgentBusy("the service is shutting down")
-    async with lock:
-        this = asyncio.current_task()
-        assert this is not None
-        _chat_runs.add(this)
-        try:
-            return await run_in_workspace(run, report=report)
-        finally:
-            _chat_runs.discard(this)
+    pool = workspace_pool()
+    workspace = await pool.try_acquire()
+    if workspace is None:
+        raise AgentBusy("agent is busy")
+    this = asyncio.current_task()
+    assert this is not None
+    _chat_runs.add(this)
+    try:
+        return await run_in_workspace(run, workspace=workspace, report=report)
+    finally:
+        _chat_runs.discard(this)
+        pool.release(workspace)
 
 
 async def run_in_workspace(
     run: AgentRun,
     *,
-    report: git.GitReport | None = None,
+    workspace: Workspace | None = None,
+    report: GitReport | None = None,
     on_line: process.OnLine | None = None,
     on_start: process.OnStart | None = None,
 ) -> AgentResult:
-    """Sync the workspace, run the CLI in it, publish its work; the caller holds
-    `execution_lock`. `report` is filled in even when the run is cancelled."""
+    """Sync a workspace, run the CLI in it, publish its work; the caller holds
+    the workspace. `report` is filled in even when the run is cancelled."""
     settings = get_settings()
-    report = report if report is not None else git.GitReport()
+    workspace = workspace or workspace_pool().workspaces[0]
+    report = report if report is not None else GitReport()
     # A sync cut short would leave a half-done rebase: it finishes (bounded) first.
-    error = await complete_even_if_cancelled(run_git_sync())
+    error = await complete_even_if_cancelled(run_git_sync(workspace))
     if isinstance(error, str):  # (a patched sync may return anything)
         report.sync_error = error
         if settings.git_sync_required:
             raise SyncFailed(error)
     if settings.git_push:
-        workspace = git.Git(settings.workspace_dir, settings.git_sync_timeout_seconds)
-        report.head_before = await workspace.head()
+        report.head_before = await Git(workspace.path, settings.git_sync_timeout_seconds).head()
+    env = current_child_environment()
+    if run.resume_session_id:
+        home = env.get("HOME")
+        if home:
+            await asyncio.to_thread(
+                sessions.make_resumable, run.resume_session_id, cwd=workspace.path, home=Path(home)
+            )
     command = build_command(
         claude_bin=settings.claude_bin,
         prompt=run.prompt,
@@ -135,8 +150,8 @@ async def run_in_workspace(
     try:
         return await process.run_agent_process(
             command,
-            cwd=settings.workspace_dir,
-            env=current_child_environment(),
+            cwd=workspace.path,
+            env=env,
             timeout_s=run.timeout_s,
             spawn=asyncio.create_subprocess_exec,
             on_line=on_line,
@@ -144,13 +159,13 @@ async def run_in_workspace(
         )
     finally:
         if settings.git_push:
-            _restore_git_config()
+            restore_config(workspace.config)
             await complete_even_if_cancelled(
-                git.publish(
-                    settings.workspace_dir,
+                publish(
+                    workspace.path,
                     report,
-                    branch=_workspace_branch(),
-                    subject=git.commit_subject(run.summary or run.prompt, run.label),
+                    branch=settings.git_branch or workspace.branch,
+                    subject=commit_subject(run.summary or run.prompt, run.label),
                     run_id=run.run_id,
                     author=(settings.git_author_name, settings.git_author_email),
                     timeout_s=settings.git_sync_timeout_seconds,
@@ -173,56 +188,67 @@ async def _end_chat_runs(grace_s: float) -> None:
 
 
 async def _drain(begun: asyncio.Event, worker: Worker, grace_s: float) -> None:
-    """When the shutdown begins: stop claiming jobs, give the running job and the
+    """When the shutdown begins: stop claiming jobs, give the running jobs and the
     chat runs `grace_s`, then end them."""
     await begun.wait()
-    logger.info("shutting down: the running job and chats get %gs to finish", grace_s)
+    logger.info("shutting down: running jobs and chats get %gs to finish", grace_s)
     await asyncio.gather(worker.stop(grace_s), _end_chat_runs(grace_s))
 
 
-def _workspace_lock() -> asyncio.Lock:
-    return execution_lock
+async def _open_pool() -> WorkspacePool:
+    settings = get_settings()
+    slots = await asyncio.to_thread(
+        prepare_slots,
+        count=settings.max_concurrent_runs,
+        workspace_dir=settings.workspace_dir,
+        data_dir=settings.data_dir,
+        repo_url=settings.git_repo_url,
+        branch=settings.git_branch,
+    )
+    workspaces = []
+    for slot, (path, branch, config) in enumerate(slots):
+        lock_of = _slot_zero_lock if slot == 0 else _own_lock()
+        workspaces.append(Workspace(slot, path, lock_of, branch=branch, config=config))
+    return WorkspacePool(workspaces)
 
 
-def is_busy() -> bool:
-    return execution_lock.locked()
+def _own_lock() -> Any:
+    lock = asyncio.Lock()
+    return lambda: lock
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Check the settings and the workspace, open the job store, run the worker."""
+    """Check the settings, set up the workspaces, open the job store, run the worker."""
     settings = get_settings()
     problems = setting_problems(settings)
     if problems:
         raise RuntimeError("; ".join(problems))
     lock_data_dir(settings.data_dir)  # held already under `serve`
-    await asyncio.to_thread(
-        git.ensure_workspace,
-        settings.workspace_dir,
-        repo_url=settings.git_repo_url,
-        branch=settings.git_branch,
-    )
-    if not settings.git_branch:
-        _startup_branch[settings.workspace_dir] = await asyncio.to_thread(
-            git.checked_out_branch, settings.workspace_dir
-        )
-    _startup_config[settings.workspace_dir] = git.snapshot_config(settings.workspace_dir)
+    pool = await _open_pool()
     store = await SQLiteJobStore.open(settings.data_dir)
     hub = JobEvents()
     worker = Worker(
         store,
         hub,
         execute=run_in_workspace,
-        workspace_lock=_workspace_lock,
+        pool=pool,
         max_event_bytes=settings.job_max_event_bytes,
         retention=timedelta(days=settings.job_retention_days),
     )
     await worker.recover()
+    app.state.pool = pool
     worker.start()
     begun = shutdown.arm()
     draining = asyncio.create_task(_drain(begun, worker, settings.shutdown_grace_seconds))
     app.state.jobs = JobRuntime(store, hub, worker)
-    logger.info("serving workspace %s with %s", settings.workspace_dir, settings.claude_bin)
+    logger.info(
+        "serving %d workspace%s (%s) with %s",
+        len(pool),
+        "" if len(pool) == 1 else "s",
+        ", ".join(str(w.path) for w in pool.workspaces),
+        settings.claude_bin,
+    )
     try:
         yield
     finally:
@@ -233,6 +259,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if left:
             logger.error("%d clean-ups (process kills, pushes) did not finish at shutdown", left)
         app.state.jobs = None
+        app.state.pool = None
         await store.close()
 
 
@@ -246,7 +273,7 @@ app = FastAPI(
     redoc_url=None,
 )
 app.state.run_agent = run_agent
-app.state.is_busy = is_busy
+app.state.workspace_pool = workspace_pool
 install_error_handlers(app)
 app.include_router(api_router)
 install_openapi(app)

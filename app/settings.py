@@ -91,6 +91,10 @@ class Settings(BaseSettings):
         default="agent-service@localhost", description="author e-mail of the service's commits"
     )
 
+    max_concurrent_runs: int = Field(
+        default=1, ge=1, le=64, description="agent runs at once, each in a workspace of its own"
+    )
+
     max_request_bytes: int = Field(
         default=10 * 2**20, gt=0, description="larger request bodies get 413"
     )

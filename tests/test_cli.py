@@ -16,7 +16,8 @@ import pytest
 from app.cli import EXIT_CODE_MEANINGS
 from app.redact import redact
 from app.settings import setting_rows
-from app.workspace.git import WorkspaceError, ensure_workspace
+from app.workspace.bootstrap import ensure_workspace
+from app.workspace.git import WorkspaceError
 from tests.conftest import TOKEN, cli, free_port, git, read_log, start_server, wait_until
 from tests.jobs.helpers import submit, wait_for
 

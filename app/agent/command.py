@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from app.proc import child_environment
 from app.settings import agent_dotenv
 
 # The kernel refuses one argument over 128 KiB (E2BIG); past this size the
 # prompt goes to the CLI's stdin instead, which it reads when no prompt is given.
 MAX_ARGV_PROMPT_BYTES = 100 * 1024
-
-# Never handed to the agent: a Bash tool could read the service's own secrets
-# (its tokens, the remote's and the database's credentials), and CLAUDECODE
-# makes a nested CLI think it runs inside another session.
-_WITHHELD_ENV = frozenset(
-    {
-        "API_BEARER_TOKEN",
-        "API_BEARER_TOKENS_FILE",
-        "CLAUDECODE",
-        "GIT_REPO_URL",
-        "DATABASE_URL",
-        "WEBHOOK_SECRET",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +59,6 @@ def build_command(
         return AgentCommand(tuple(argv), encoded)
     argv.append(prompt)
     return AgentCommand(tuple(argv), None)
-
-
-def child_environment(
-    environ: Mapping[str, str], dotenv: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The agent's environment: the service's own, with the agent's variables
-    from `.env` under it (the environment wins, as for the settings), minus
-    what the agent must not see."""
-    merged = {**(dotenv or {}), **environ}
-    return {k: v for k, v in merged.items() if k not in _WITHHELD_ENV}
 
 
 def current_child_environment() -> dict[str, str]:

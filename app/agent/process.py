@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from app.agent.stream import (
     StreamCollector,
 )
 from app.aio import complete_even_if_cancelled
+from app.proc import KILL_WAIT_S, terminate_group
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +37,6 @@ _CHUNK_BYTES = 64 * 1024
 DRAIN_IDLE_S = 1.0
 # How long the CLI may take to exit after printing its result.
 EXIT_GRACE_S = 5.0
-# SIGTERM, this long for the group to go, SIGKILL, this long again.
-TERM_GRACE_S = 5.0
-KILL_WAIT_S = 2.0
 _POLL_S = 0.05
 
 Spawn = Callable[..., Awaitable[Any]]
@@ -226,91 +221,6 @@ async def _finish(proc: Any, helpers: list[asyncio.Task[None]]) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*helpers, return_exceptions=True)
-
-
-async def terminate_group(proc: Any) -> None:
-    """SIGTERM the process group, wait, SIGKILL, wait; reap the leader.
-
-    Runs even when the leader has exited: its descendants share the group.
-    A test double without an int pid has no group to signal.
-    """
-    pgid = proc.pid
-    if not isinstance(pgid, int):
-        return
-    await _kill_group(pgid, proc)
-    if proc.returncode is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
-
-
-async def kill_group_by_id(pgid: int) -> bool:
-    """Kill a group recorded earlier (by a previous service process). True if it lived."""
-    return await _kill_group(pgid, None)
-
-
-async def _kill_group(pgid: int, leader: Any) -> bool:
-    if not _signal_group(pgid, signal.SIGTERM):
-        return False
-    if await _wait_gone(pgid, leader, TERM_GRACE_S):
-        return True
-    logger.warning("process group %d ignored SIGTERM for %.0fs; killing", pgid, TERM_GRACE_S)
-    _signal_group(pgid, signal.SIGKILL)
-    if not await _wait_gone(pgid, leader, KILL_WAIT_S):
-        logger.error("process group %d survived SIGKILL", pgid)
-    return True
-
-
-def start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot), to tell it from a later reuse of its id."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses; count from the last ")"
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send `sig` to the group; False when no process of it is left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        logger.error("not allowed to signal process group %d", pgid)
-        return False
-    return True
-
-
-async def _wait_gone(pgid: int, leader: Any, timeout_s: float) -> bool:
-    """Wait until the leader (if ours) is reaped and no process of the group is left.
-
-    Polls: nothing signals that a process group has emptied.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        leader_running = leader is not None and leader.returncode is None
-        if not leader_running and not group_alive(pgid):
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if leader_running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(leader.wait(), min(remaining, _POLL_S * 4))
-        else:
-            await asyncio.sleep(min(remaining, _POLL_S))
 
 
 def _spawn_error_text(exc: OSError, binary: str, cwd: Path) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from app.agent.stream import AgentResult, one_line
 
 if TYPE_CHECKING:
-    from app.workspace.git import GitReport
+    from app.workspace.publish import GitReport
 
 logger = logging.getLogger("app.runs")
 

@@ -11,6 +11,7 @@ from app.agent.run import RunAgent
 from app.errors import ServiceError
 from app.jobs.worker import JobRuntime
 from app.settings import Settings, get_settings
+from app.workspace.pool import WorkspacePool
 
 
 async def _settings() -> Settings:
@@ -38,13 +39,13 @@ async def _run_agent(request: Request) -> RunAgent:
     return runner
 
 
-async def _is_busy(request: Request) -> Callable[[], bool]:
-    busy: Callable[[], bool] = request.app.state.is_busy
-    return busy
+async def _workspaces(request: Request) -> WorkspacePool:
+    pool_of: Callable[[], WorkspacePool] = request.app.state.workspace_pool
+    return pool_of()
 
 
 RunAgentDep = Annotated[RunAgent, Depends(_run_agent)]
-IsBusyDep = Annotated[Callable[[], bool], Depends(_is_busy)]
+WorkspacesDep = Annotated[WorkspacePool, Depends(_workspaces)]
 
 
 async def _jobs(request: Request) -> JobRuntime:

@@ -31,7 +31,7 @@ from app.schemas.openai import (
     PromptTokensDetails,
     Usage,
 )
-from app.workspace.git import GitReport
+from app.workspace.publish import GitReport
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)

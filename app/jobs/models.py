@@ -88,6 +88,8 @@ class Job:
     exit_code: int | None = None
     stderr_tail: str | None = None
     git: dict[str, Any] | None = None
+    slot: int | None = None
+    """The workspace it ran in, once it is claimed."""
     events_truncated: bool = False
     events_dropped: int = 0
     pgid: int | None = None

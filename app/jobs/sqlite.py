@@ -99,6 +99,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN slot INTEGER;
+    """,
 )
 
 _JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
@@ -295,17 +298,17 @@ class SQLiteJobStore:
 
     # -- the worker's side ---------------------------------------------------
 
-    async def claim_next(self) -> Job | None:
-        return await self._write(self._claim_next)
+    async def claim_next(self, *, slot: int = 0) -> Job | None:
+        return await self._write(self._claim_next, slot)
 
-    def _claim_next(self) -> Job | None:
+    def _claim_next(self, slot: int) -> Job | None:
         with _transaction(self._conn):
             now = utc_now()
             found = self._conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = ? WHERE num = "
+                "UPDATE jobs SET status = 'running', started_at = ?, slot = ? WHERE num = "
                 "(SELECT num FROM jobs WHERE status = 'queued' ORDER BY num LIMIT 1) "
                 "RETURNING id",
-                (now,),
+                (now, slot),
             ).fetchone()
             if found is None:
                 return None

@@ -85,8 +85,9 @@ class JobStore(Protocol):
 
     # -- the worker's side ---------------------------------------------------
 
-    async def claim_next(self) -> Job | None:
-        """Atomically move the oldest queued job to `running` and return it."""
+    async def claim_next(self, *, slot: int = 0) -> Job | None:
+        """Atomically move the oldest queued job to `running` in workspace
+        `slot` and return it."""
         ...
 
     async def set_process_group(

@@ -1,8 +1,9 @@
-"""The worker: runs queued jobs one at a time, records every event and outcome.
+"""The worker: runs queued jobs, one per free workspace, and records every
+event and outcome.
 
-One worker per service process. It takes the workspace lock before it claims a
-job, so a job never shows `running` while a chat completion holds the
-workspace, and chat completions get 503 while a job runs.
+One worker per service process. It takes a free workspace before it claims a
+job, so a job never shows `running` without a workspace to run in; chat
+completions get 503 only while every workspace is in use.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
-from app.agent.process import OnLine, OnStart, SpawnError, kill_group_by_id, start_ticks
+from app.agent.process import OnLine, OnStart, SpawnError
 from app.agent.run import AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult
 from app.jobs.events import RETRY_FIRST_S, RETRY_MAX_S, EventSink, JobEvents
 from app.jobs.models import Job, JobStatus, Outcome
 from app.jobs.store import JobStore, StoreUnavailable
+from app.proc import boot_id, kill_group_by_id, start_ticks
 from app.redact import redact
-from app.workspace.git import GitReport
+from app.workspace.pool import Workspace, WorkspacePool
+from app.workspace.publish import GitReport
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +44,13 @@ _UNSTORABLE = "internal error: the outcome could not be stored: "
 
 
 class Execute(Protocol):
-    """Runs the agent in the workspace; the caller already holds the lock."""
+    """Runs the agent in a workspace the caller holds."""
 
     def __call__(
         self,
         run: AgentRun,
         *,
+        workspace: Workspace,
         report: GitReport,
         on_line: OnLine | None,
         on_start: OnStart | None,
@@ -82,14 +85,6 @@ def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
     )
 
 
-def boot_id() -> str | None:
-    """This boot's id: a process group recorded under another boot is not ours."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
 def _still_ours(job: Job, this_boot: str | None) -> bool:
     """Whether the process group recorded for a job can only be that job's.
 
@@ -103,8 +98,17 @@ def _still_ours(job: Job, this_boot: str | None) -> bool:
     return now is None or now == job.leader_start
 
 
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A claimed job in this process: its run (once started), and why it is
+    being ended early, if it is."""
+
+    task: asyncio.Task[AgentResult] | None = None
+    cancel_reason: JobStatus | None = None
+
+
 class Worker:
-    """Claims queued jobs in order and runs each under the workspace lock."""
+    """Claims queued jobs in submission order, one per free workspace, and runs them."""
 
     def __init__(
         self,
@@ -112,23 +116,25 @@ class Worker:
         hub: JobEvents,
         *,
         execute: Execute,
-        workspace_lock: Callable[[], asyncio.Lock],
+        pool: WorkspacePool,
         max_event_bytes: int,
         retention: timedelta,
     ) -> None:
         self._store = store
         self._hub = hub
         self._execute = execute
-        self._workspace_lock = workspace_lock
+        self._pool = pool
         self._max_event_bytes = max_event_bytes
         self._retention = retention
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._current: tuple[str, asyncio.Task[AgentResult]] | None = None
-        self._cancel_reason: JobStatus | None = None
+        self._waiting_for_slot = False
+        self._running: dict[str, _Running] = {}
+        self._runs: set[asyncio.Task[None]] = set()
         self._recorded: dict[str, asyncio.Event] = {}
         self._sinks: set[EventSink] = set()
+        pool.on_release(self.wake)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -147,38 +153,48 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
     async def stop(self, grace_s: float) -> None:
-        """Stop claiming; give the running job `grace_s`, then interrupt it."""
+        """Stop claiming; give the running jobs `grace_s`, then interrupt them."""
         self._stopping = True
         self._wake.set()
         self._hub.close()
-        current = self._current
-        if current is not None:
-            _, run = current
-            done, _ = await asyncio.wait({run}, timeout=grace_s)
-            if not done:
-                logger.warning("shutting down: interrupting job %s", current[0])
-                self._cancel_reason = JobStatus.INTERRUPTED
-                run.cancel()
+        running = {job_id: r for job_id, r in self._running.items() if r.task is not None}
+        if running:
+            tasks = {r.task for r in running.values() if r.task is not None}
+            await asyncio.wait(tasks, timeout=grace_s)
+            for job_id, run in running.items():
+                if run.task is not None and not run.task.done():
+                    logger.warning("shutting down: interrupting job %s", job_id)
+                    run.cancel_reason = JobStatus.INTERRUPTED
+                    run.task.cancel()
+        # bounded: a run's clean-up (kill the group, push its work, record the
+        # outcome) is bounded by its own timeouts; this is the backstop
+        waits: set[asyncio.Task[None]] = set(self._runs)
         if self._task is not None:
-            # bounded: the run's clean-up (kill the group, push its work) is
-            # bounded by its own timeouts; this is the backstop
-            stopped, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
-            if not stopped:
+            waits.add(self._task)
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=STOP_WAIT_S)
+            if late:
                 logger.error("the job worker did not stop in %.0fs; cancelling it", STOP_WAIT_S)
-                self._task.cancel()
+                for task in late:
+                    task.cancel()
 
     # -- cancelling ----------------------------------------------------------
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel `job_id` if this worker runs it; wait (bounded) until it is recorded."""
-        current = self._current
-        if current is None or current[0] != job_id:
+        run = self._running.get(job_id)
+        if run is None:
             return False
         recorded = self._recorded.setdefault(job_id, asyncio.Event())
-        if self._cancel_reason is None:  # a second cancel only waits for the first
-            self._cancel_reason = JobStatus.CANCELLED
-            current[1].cancel()
+        if run.cancel_reason is None:  # a second cancel only waits for the first
+            run.cancel_reason = JobStatus.CANCELLED
+            if run.task is not None:
+                run.task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(recorded.wait(), CANCEL_WAIT_S)
         return True
@@ -198,14 +214,17 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), STORE_PROBE_S)
                 continue
             try:
-                if await self._run_next():
+                if await self._start_next():
                     continue
             except StoreUnavailable as exc:
                 logger.error("the job store cannot be written: %s", exc)
             except Exception:
                 logger.exception("the job worker hit an error; going on")
+            # A slot given back wakes the worker; a lock released by hand (as
+            # tests do with execution_lock) is seen by the short poll.
+            wait_s = LOCK_POLL_S if self._waiting_for_slot else IDLE_POLL_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
 
     async def _store_writes(self) -> bool:
         """Whether the store takes writes; while it does not, probe it (so that
@@ -221,25 +240,37 @@ class Worker:
                 await self._store.probe()
         return self._store.write_error is None
 
-    async def _run_next(self) -> bool:
-        """Run the oldest queued job, if any; False when the queue is empty."""
+    async def _start_next(self) -> bool:
+        """Start the oldest queued job in a free workspace; False when there is
+        no job, or no free workspace (then `_waiting_for_slot`).
+
+        The worker never waits on a workspace's lock: a waiter would queue
+        ahead of chat requests, which must see a free workspace as free.
+        """
         if not await self._store.has_queued():
+            self._waiting_for_slot = False
             return False
-        # Never wait on the lock itself: a waiter would queue ahead of chat
-        # requests, which must see a free workspace as free (or get 503).
-        while self._workspace_lock().locked():
+        workspace = await self._pool.try_acquire()
+        self._waiting_for_slot = workspace is None
+        if workspace is None:
+            return False
+        handed_over = False
+        try:
             if self._stopping:
                 return False
-            await asyncio.sleep(LOCK_POLL_S)
-        async with self._workspace_lock():
-            if self._stopping:
-                return False
-            job = await self._store.claim_next()
+            job = await self._store.claim_next(slot=workspace.slot)
             if job is None:
                 return False
+            self._running[job.id] = _Running()
             self._hub.notify(job.id)
-            await self._run(job)
-        return True
+            task = asyncio.create_task(self._run(job, workspace), name=f"job-{job.id}")
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+            handed_over = True
+            return True
+        finally:
+            if not handed_over:
+                self._pool.release(workspace)
 
     async def _prune(self) -> None:
         try:
@@ -250,8 +281,17 @@ class Worker:
         if pruned:
             logger.info("deleted %d jobs older than the retention period", pruned)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, workspace: Workspace) -> None:
+        """Run a claimed job in `workspace`, record its outcome, give the workspace back."""
+        try:
+            await self._run_in(job, workspace)
+        finally:
+            self._running.pop(job.id, None)
+            self._pool.release(workspace)
+
+    async def _run_in(self, job: Job, workspace: Workspace) -> None:
         job_id = job.id
+        running = self._running[job_id]
         state = await self._store.event_state(job_id)
         sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes, state)
         self._hub.attach(job_id, sink)
@@ -276,22 +316,26 @@ class Worker:
                 logger.warning("job %s: its process group is not recorded: %s", job_id, exc)
 
         task = asyncio.create_task(
-            self._execute(run, report=report, on_line=sink.on_line, on_start=on_start)
+            self._execute(
+                run, workspace=workspace, report=report, on_line=sink.on_line, on_start=on_start
+            )
         )
-        self._current = (job_id, task)
-        self._cancel_reason = None
-        logger.info("job %s started", job_id)
+        running.task = task
+        if running.cancel_reason is not None:  # cancelled between its claim and now
+            task.cancel()
+        logger.info("job %s started in slot %d", job_id, workspace.slot)
         outcome: Outcome | None = None
         try:
             outcome = outcome_of(await task, run.timeout_s)
         except asyncio.CancelledError:
-            reason = self._cancel_reason or JobStatus.INTERRUPTED
+            reason = running.cancel_reason or JobStatus.INTERRUPTED
             cancelled = reason is JobStatus.CANCELLED
             error = "cancelled while running" if cancelled else INTERRUPTED_ERROR
             outcome = Outcome(status=reason, is_error=True, error=error)
             this = asyncio.current_task()
             if this is not None and this.cancelling():
-                raise  # the worker itself is being cancelled; recorded below all the same
+                task.cancel()  # this task itself is being cancelled: end the run with it
+                raise  # recorded below all the same
         except SpawnError as exc:
             outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=str(exc))
         except SyncFailed as exc:
@@ -302,7 +346,6 @@ class Worker:
             error = f"internal error: {exc}"
             outcome = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         finally:
-            self._current = None
             if outcome is not None:
                 outcome.git = report.as_dict()
             await asyncio.shield(self._record(job_id, sink, outcome))

@@ -14,6 +14,10 @@ class Health(BaseModel):
     """`degraded` while the job store cannot be written."""
     busy: bool
     """No run can start now (every workspace is in use)."""
+    runs: int
+    """Workspaces in use (chats and jobs)."""
+    slots: int
+    """Workspaces there are (MAX_CONCURRENT_RUNS)."""
     version: str
     store: Literal["ok", "failing"]
     store_error: str | None = None

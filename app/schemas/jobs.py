@@ -121,6 +121,7 @@ class JobView(BaseModel):
     exit_code: int | None
     stderr_tail: str | None
     git: dict[str, Any] | None
+    slot: int | None
     events_truncated: bool
 
     @classmethod

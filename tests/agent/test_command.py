@@ -1,4 +1,5 @@
-from app.agent.command import MAX_ARGV_PROMPT_BYTES, build_command, child_environment
+from app.agent.command import MAX_ARGV_PROMPT_BYTES, build_command
+from app.proc import child_environment
 
 BASE = dict(claude_bin="claude", model="haiku", permission_mode="acceptEdits", max_budget_usd=2.0)
 

@@ -6,15 +6,18 @@ import asyncio
 import hashlib
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from app import proc
 from app.agent import process
-from app.agent.command import build_command, child_environment
+from app.agent.command import build_command
 from app.agent.process import SpawnError, run_agent_process
 from app.agent.stream import AgentResult, Event
-from tests.conftest import FAKE_CLAUDE, group_members, living, read_log
+from app.proc import child_environment
+from tests.conftest import FAKE_CLAUDE, group_members, living, read_log, wait_until
 
 
 async def run(
@@ -50,7 +53,7 @@ def env(fake_log: Path) -> dict[str, str]:
 
 @pytest.fixture
 def fast_kill(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(process, "TERM_GRACE_S", 0.5)
+    monkeypatch.setattr(proc, "TERM_GRACE_S", 0.5)
     monkeypatch.setattr(process, "EXIT_GRACE_S", 0.5)
 
 
@@ -217,3 +220,31 @@ async def test_a_missing_cli_is_a_spawn_error(workspace: Path) -> None:
 async def test_a_missing_workspace_is_a_spawn_error(tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="workspace"):
         await run("hi", tmp_path / "missing")
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def test_a_group_whose_last_member_is_a_zombie_counts_as_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process that exited but is not reaped (its parent does not wait) is
+    gone for the kill: waiting for PID 1 to reap it took seconds, or forever."""
+    zombie = subprocess.Popen(["true"], start_new_session=True)  # not reaped until the end
+    try:
+        wait_until(lambda: _state(zombie.pid) == "Z", "the process is a zombie")
+        assert proc.group_alive(zombie.pid) is False
+        assert asyncio.run(proc.kill_group_by_id(zombie.pid)) is True  # something to signal
+        # ...and it counted as gone after SIGTERM: no wait, no SIGKILL
+        assert "ignored SIGTERM" not in caplog.text and "survived" not in caplog.text
+        sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        try:
+            assert proc.group_alive(sleeper.pid) is True
+        finally:
+            sleeper.kill()
+            sleeper.wait(10)
+    finally:
+        zombie.wait(10)
+    assert proc.group_alive(zombie.pid) is False

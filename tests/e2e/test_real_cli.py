@@ -309,3 +309,46 @@ def test_bypass_permissions_as_root_is_refused_with_the_clis_words(
     assert job["status"] == "failed" and job["exit_code"] == 1
     assert job["error"] == f"{ROOT_REFUSAL} for security reasons"
     assert api.message_requests == []
+
+
+def assistant_texts(request: dict[str, Any]) -> list[str]:
+    """Every text block of the assistant messages of a recorded request."""
+    texts = []
+    for message in request["body"]["messages"]:
+        if message["role"] != "assistant":
+            continue
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        texts += [b["text"] for b in blocks if b.get("type") == "text"]
+    return texts
+
+
+def test_a_session_made_in_one_slot_resumes_in_another(
+    real_claude: Path, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    remote = make_remote(tmp_path)
+    env = offline_env(tmp_path, real_claude, api, GIT_REPO_URL=str(remote), MAX_CONCURRENT_RUNS="2")
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            api.script([{"text": "Noted: the password is swordfish."}])
+            first = wait_for(client, submit(client, "Remember: the password is swordfish."))
+            assert first["status"] == "completed", first
+            # hold the first job's slot with a run whose API call hangs
+            api.script([{"hang": 600}, {"text": "It was swordfish."}])
+            holder = submit(client, "hold a slot", timeout_seconds=120)
+            api.wait_for_requests(1, timeout=30)
+            assert client.get(f"/jobs/{holder}").json()["slot"] == first["slot"]
+            resumed = wait_for(
+                client, submit(client, "What was the password?", session_id=first["session_id"])
+            )
+            client.post(f"/jobs/{holder}/cancel")
+    finally:
+        server.stop()
+    assert resumed["status"] == "completed", resumed
+    assert resumed["slot"] != first["slot"]
+    assert resumed["session_id"] == first["session_id"]
+    request = api.message_requests[1]  # the resumed run's, after the holder's
+    assert "Remember: the password is swordfish." in " ".join(user_texts(request))
+    assert "Noted: the password is swordfish." in assistant_texts(request)
+    assert "What was the password?" in user_texts(request)[-1]

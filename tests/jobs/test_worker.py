@@ -21,6 +21,7 @@ from app.jobs.sqlite import SQLiteJobStore
 from app.jobs.store import JobStore
 from app.jobs.worker import JobRuntime, Worker
 from app.main import app
+from app.workspace.pool import Workspace, WorkspacePool
 from tests.conftest import TOKEN
 
 
@@ -36,13 +37,15 @@ def make_worker(
     execute: Any,
     *,
     hub: JobEvents | None = None,
-    workspace_lock: Any = asyncio.Lock,
+    lock: asyncio.Lock | None = None,
 ) -> Worker:
+    held = lock or asyncio.Lock()
+    pool = WorkspacePool([Workspace(0, Path("unused"), lambda: held)])
     return Worker(
         store,
         hub or JobEvents(),
         execute=execute,
-        workspace_lock=workspace_lock,
+        pool=pool,
         max_event_bytes=2**20,
         retention=timedelta(days=1),
     )
@@ -65,7 +68,7 @@ async def test_the_worker_never_queues_on_the_lock_ahead_of_chats(store: JobStor
         await asyncio.sleep(0.5)  # long enough that a chat queued behind it would time out
         return AgentResult(ok=True, text="ok", exit_code=0)
 
-    worker = make_worker(store, execute, workspace_lock=lambda: lock)
+    worker = make_worker(store, execute, lock=lock)
     try:
         await lock.acquire()  # a chat holds the workspace
         worker.start()

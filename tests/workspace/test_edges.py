@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from app.redact import redact
-from app.workspace.git import NOT_A_REPOSITORY, GitReport, publish, sync_workspace
+from app.workspace.git import NOT_A_REPOSITORY
+from app.workspace.publish import GitReport, publish
+from app.workspace.sync import sync_workspace
 from tests.conftest import git, make_remote, push_change
 
 AUTHOR = ("Claude Agent Service", "agent-service@localhost")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app import main as app_main
-from app.workspace.git import FetchThrottle, sync_workspace
+from app.workspace.sync import FetchThrottle, sync_workspace
 from tests.conftest import git, make_remote, push_change
 
 

@@ -1,0 +1,59 @@
+"""Before a run: bring the workspace up to date with its remote."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from app.workspace.git import NOT_A_REPOSITORY, Git
+
+
+class FetchThrottle:
+    """Lets bursts of runs share one fetch: at most one per `min_interval_s`."""
+
+    def __init__(self) -> None:
+        self._last: dict[Path, float] = {}
+
+    def due(self, path: Path, min_interval_s: float) -> bool:
+        last = self._last.get(path)
+        return last is None or time.monotonic() - last >= min_interval_s
+
+    def mark(self, path: Path) -> None:
+        self._last[path] = time.monotonic()
+
+
+async def sync_workspace(
+    path: Path,
+    *,
+    timeout_s: float,
+    branch: str | None = None,
+    min_interval_s: float = 0,
+    throttle: FetchThrottle | None = None,
+) -> str | None:
+    """Fetch `origin/<branch>` and rebase the workspace onto it, with autostash.
+
+    Returns None when the workspace is in sync (or has no `origin`), else a
+    one-line error. A failed rebase is aborted: the local state is kept.
+    """
+    git = Git(path, timeout_s)
+    if not await git.ready():
+        return NOT_A_REPOSITORY
+    if not await git.has_origin():
+        return None
+    operation = await git.in_progress()
+    if operation is not None:
+        return f"the workspace is in the middle of a {operation}; not syncing"
+    current = await git.current_branch()
+    name = branch or current
+    if name is None or current is None:
+        return "the workspace is not on a branch (detached HEAD); not syncing"
+    if current != name:
+        return f"the workspace is on branch {current}, not {name}; not syncing"
+    if throttle is not None and not throttle.due(path, min_interval_s):
+        return None
+    error = await git.fetch(name)
+    if error is not None:
+        return error
+    if throttle is not None:
+        throttle.mark(path)
+    return await git.rebase_onto(name)
