@@ -20,6 +20,7 @@ from uvicorn.config import LOGGING_CONFIG
 from app import __version__
 from app.instance import DataDirLocked, bind_listener, lock_data_dir, setting_problems
 from app.jobs.sqlite import DatabaseError, check_database
+from app.protocol import HttpLimits, guarded_httptools
 from app.redact import redact
 from app.settings import Settings, describe_problems, get_settings, setting_rows
 from app.shutdown import SHUTDOWN_MARGIN_S, shutdown
@@ -131,8 +132,16 @@ def serve(*, host: str | None, port: int | None) -> int:
 
 
 def _run(settings: Settings, listener: socket.socket) -> int:
+    limits = HttpLimits(
+        max_head_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        head_timeout_s=settings.header_timeout_seconds,
+        body_timeout_s=settings.body_timeout_seconds,
+    )
     config = uvicorn.Config(
         "app.main:app",
+        http=guarded_httptools(limits),
+        limit_concurrency=settings.max_connections,
         log_config=_log_config(),
         # a backstop: the drain (app.shutdown) ends the connections before it
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_S),

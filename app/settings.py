@@ -98,6 +98,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=10 * 2**20, gt=0, description="larger request bodies get 413"
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="a larger request head gets 431"
+    )
+    max_headers: int = Field(
+        default=100, ge=8, description="a request with more header fields gets 431"
+    )
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, description="a request head not complete this long after it began: 408"
+    )
+    body_timeout_seconds: float = Field(
+        default=60, gt=0, description="a request body not complete this long after its head: closed"
+    )
+    max_connections: int = Field(
+        default=1000, ge=2, description="open connections at most; past it requests get 503"
+    )
 
     job_max_budget_usd: float = Field(
         default=5.0, gt=0, description="the default and the cap of a job's max_budget_usd"
