@@ -38,7 +38,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	@$(MAKE) --no-print-directory claude-cli \
 	  || echo "make test: could not install the Claude CLI; the real-CLI tests will be skipped"
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist worksteal
 
 claude-cli: $(CLAUDE_CLI_STAMP)
 

@@ -14,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 
+from app.auth import TokensFileError, tokens_of
 from app.settings import CLI_INSTALL_HINT, Settings, find_cli
 
 LOCK_NAME = "service.lock"
@@ -64,11 +65,16 @@ def bind_listener(host: str, port: int) -> socket.socket:
 def setting_problems(settings: Settings) -> list[str]:
     """What in valid settings still cannot work: no token, no CLI to run."""
     problems = []
-    if settings.bearer_token is None:
-        problems.append(
-            "API_BEARER_TOKEN is not set; refusing to serve without auth. "
-            "Set it in the environment or in .env."
-        )
+    try:
+        tokens = tokens_of(settings)
+    except TokensFileError as exc:
+        problems.append(str(exc))
+    else:
+        if not tokens:
+            problems.append(
+                "API_BEARER_TOKEN is not set (nor API_BEARER_TOKENS_FILE); refusing to serve "
+                "without auth. Set it in the environment or in .env."
+            )
     if find_cli(settings.claude_bin) is None:
         given = settings.claude_bin
         if os.sep in given and Path(given).exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -26,8 +27,9 @@ from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
 from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
-from app.api.openapi import OPEN_PATHS, install_openapi
+from app.api.openapi import OPEN_PATHS, OPEN_PREFIXES, install_openapi
 from app.auth import BearerAuth
+from app.auth import registry as token_registry
 from app.errors import install_error_handlers
 from app.instance import lock_data_dir, setting_problems
 from app.jobs.events import JobEvents
@@ -239,6 +241,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await worker.recover()
     app.state.pool = pool
     worker.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: token_registry.reload(get_settings()))
     begun = shutdown.arm()
     draining = asyncio.create_task(_drain(begun, worker, settings.shutdown_grace_seconds))
     app.state.jobs = JobRuntime(store, hub, worker)
@@ -258,6 +262,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         left = await drain(_CLEANUP_GRACE_S)
         if left:
             logger.error("%d clean-ups (process kills, pushes) did not finish at shutdown", left)
+        loop.remove_signal_handler(signal.SIGHUP)
         app.state.jobs = None
         app.state.pool = None
         await store.close()
@@ -279,5 +284,8 @@ app.include_router(api_router)
 install_openapi(app)
 app.add_middleware(BodySizeLimit, max_bytes=lambda: get_settings().max_request_bytes)
 app.add_middleware(  # outermost: refuse strangers before reading anything
-    BearerAuth, token=lambda: get_settings().bearer_token, open_paths=OPEN_PATHS
+    BearerAuth,
+    tokens=lambda: token_registry.current(get_settings()),
+    open_paths=OPEN_PATHS,
+    open_prefixes=OPEN_PREFIXES,
 )

@@ -13,6 +13,7 @@ import re
 
 from pydantic import ValidationError
 
+from app.auth import registry
 from app.settings import Settings, get_settings
 
 # userinfo right after a scheme's "://" (RFC 3986 characters, plus a raw "@"
@@ -40,7 +41,7 @@ def redact(text: str) -> str:
 
 def service_secrets(settings: Settings) -> tuple[str, ...]:
     """The service's own secrets, as they may appear in text and in JSON strings."""
-    found = [settings.bearer_token]
+    found: list[str | None] = [settings.bearer_token, *registry.current(settings).secrets]
     forms = []
     for secret in found:
         if secret is None or len(secret) < MIN_SECRET_CHARS:

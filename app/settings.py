@@ -33,7 +33,11 @@ class Settings(BaseSettings):
 
     api_bearer_token: SecretStr | None = Field(
         default=None,
-        description="required: the token every request but GET /health must carry",
+        description="the token every request but GET /health must carry (or a tokens file)",
+    )
+    api_bearer_tokens_file: Path | None = Field(
+        default=None,
+        description="a file of name:token lines, each a token that may call the API",
     )
     host: str = Field(default="127.0.0.1", description="the address `serve` listens on")
     port: int = Field(default=8000, ge=0, le=65535, description="the port `serve` listens on")
@@ -140,7 +144,9 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("chat_agent", "git_repo_url", "git_branch", mode="before")
+    @field_validator(
+        "chat_agent", "git_repo_url", "git_branch", "api_bearer_tokens_file", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

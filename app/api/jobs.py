@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -19,8 +19,10 @@ from app.errors import ServiceError
 from app.jobs.events import events_after
 from app.jobs.models import Job, JobStatus, NewJob
 from app.jobs.store import IdempotencyConflict, JobStore, QueueFull, StoreUnavailable
+from app.jobs.worker import JobRuntime
 from app.schemas.errors import errors
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
+from app.settings import Settings
 from app.shutdown import SHUTDOWN_MARGIN_S
 
 router = APIRouter(tags=["jobs"], route_class=StrictJsonRoute)
@@ -65,12 +67,34 @@ class NotFound(ServiceError):
 )
 async def execute(
     body: ExecuteRequest,
+    request: Request,
     settings: SettingsDep,
     jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JSONResponse:
-    if jobs.store.write_error is not None:  # not even tried: it would flap with the disk
-        raise StoreUnavailable(jobs.store.write_error)
+    new = new_job(
+        body,
+        settings,
+        idempotency_key=idempotency_key,
+        submitted_by=getattr(request.state, "token_name", None),
+    )
+    job, created = await submit_job(jobs, settings, new)
+    accepted = JobAccepted(job_id=job.id, status=job.status, queue_position=job.queue_position)
+    return JSONResponse(
+        accepted.model_dump(mode="json"),
+        status_code=202 if created else 200,
+        headers={"Location": f"/jobs/{job.id}"},
+    )
+
+
+def new_job(
+    body: ExecuteRequest,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+    submitted_by: str | None = None,
+) -> NewJob:
+    """A submission checked against the settings (model, caps) and ready to store."""
     model = resolve_model(body.model, settings)
     budget = body.max_budget_usd or settings.job_max_budget_usd
     if budget > settings.job_max_budget_usd:
@@ -85,7 +109,7 @@ async def execute(
             "(JOB_TIMEOUT_SECONDS)",
             error="invalid request",
         )
-    new = NewJob(
+    return NewJob(
         prompt=body.prompt,
         model=model,
         max_budget_usd=budget,
@@ -95,7 +119,18 @@ async def execute(
         resume_session_id=body.session_id,
         idempotency_key=idempotency_key,
         request_hash=_request_hash(body) if idempotency_key is not None else None,
+        submitted_by=submitted_by,
     )
+
+
+async def submit_job(jobs: JobRuntime, settings: Settings, new: NewJob) -> tuple[Job, bool]:
+    """Store a submission (or find its Idempotency-Key's job) and wake the worker.
+
+    Raises the API's errors: 429 queue full, 422 idempotency key reused, 503
+    store unavailable.
+    """
+    if jobs.store.write_error is not None:  # not even tried: it would flap with the disk
+        raise StoreUnavailable(jobs.store.write_error)
     try:
         job, created = await jobs.store.submit(new, max_queued=settings.max_queue_depth)
     except QueueFull:
@@ -113,12 +148,7 @@ async def execute(
         ) from None
     if created:
         jobs.worker.wake()
-    accepted = JobAccepted(job_id=job.id, status=job.status, queue_position=job.queue_position)
-    return JSONResponse(
-        accepted.model_dump(mode="json"),
-        status_code=202 if created else 200,
-        headers={"Location": f"/jobs/{job.id}"},
-    )
+    return job, created
 
 
 @router.get("/jobs", response_model=JobList, responses=errors(400, 401, 422))

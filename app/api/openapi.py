@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-# Paths the bearer middleware lets through.
-OPEN_PATHS = frozenset({"/health"})
+# Paths the bearer middleware lets through: the liveness probe, and the
+# dashboard, which signs its users in with a cookie of its own.
+OPEN_PATHS = frozenset({"/health", "/ui"})
+OPEN_PREFIXES = ("/ui/",)
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -26,7 +28,8 @@ def install_openapi(app: FastAPI) -> None:
             }
             for path, operations in document.get("paths", {}).items():
                 for operation in operations.values():
-                    operation["security"] = [] if path in OPEN_PATHS else [{"bearer": []}]
+                    is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+                    operation["security"] = [] if is_open else [{"bearer": []}]
                     _own_validation_error(operation.get("responses", {}))
             schemas = components.get("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):

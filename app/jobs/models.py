@@ -54,6 +54,7 @@ class NewJob:
     resume_session_id: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    submitted_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class Job:
     git: dict[str, Any] | None = None
     slot: int | None = None
     """The workspace it ran in, once it is claimed."""
+    submitted_by: str | None = None
+    """The name of the token that submitted it."""
     events_truncated: bool = False
     events_dropped: int = 0
     pgid: int | None = None

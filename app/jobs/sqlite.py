@@ -102,6 +102,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN slot INTEGER;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
+    """,
 )
 
 _JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
@@ -196,7 +199,8 @@ class SQLiteJobStore:
             self._conn.execute(
                 "INSERT INTO jobs (id, status, prompt, agent, model, max_budget_usd, "
                 "timeout_seconds, metadata, resume_session_id, session_id, idempotency_key, "
-                "request_hash, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request_hash, submitted_by, created_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     new.prompt,
@@ -209,6 +213,7 @@ class SQLiteJobStore:
                     new.resume_session_id,
                     new.idempotency_key,
                     new.request_hash,
+                    new.submitted_by,
                     now,
                 ),
             )

@@ -122,6 +122,7 @@ class JobView(BaseModel):
     stderr_tail: str | None
     git: dict[str, Any] | None
     slot: int | None
+    submitted_by: str | None
     events_truncated: bool
 
     @classmethod
