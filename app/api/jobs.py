@@ -195,6 +195,12 @@ async def _get(store: JobStore, job_id: str) -> Job:
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView, responses=errors(401, 404, 409, 503))
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
+    return JobView.of(await cancel(jobs, job_id))
+
+
+async def cancel(jobs: JobRuntime, job_id: str) -> Job:
+    """Cancel a queued or running job; return it, cancelled. Raises the API's
+    errors: 404, 409 job finished, 409 cancel pending, 503 store unavailable."""
     job = await _get(jobs.store, job_id)
     if job.status.terminal:
         raise _already_ended(job_id, job.status)
@@ -205,7 +211,7 @@ async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
     job = await _get(jobs.store, job_id)
     status = job.status
     if status is JobStatus.CANCELLED:
-        return JobView.of(job)
+        return job
     if status.terminal:  # it ended on its own before the cancel reached it
         raise _already_ended(job_id, status)
     raise ServiceError(

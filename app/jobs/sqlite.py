@@ -281,6 +281,25 @@ class SQLiteJobStore:
             )
         )
 
+    async def queue_depth(self) -> int:
+        def count() -> int:
+            (queued,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
+            ).fetchone()
+            return int(queued)
+
+        return await self._run(count)
+
+    async def cost_since(self, since: str) -> float:
+        def total() -> float:
+            (cost,) = self._conn.execute(
+                "SELECT COALESCE(SUM(total_cost_usd), 0) FROM jobs WHERE finished_at >= ?",
+                (since,),
+            ).fetchone()
+            return float(cost)
+
+        return await self._run(total)
+
     async def events(
         self, job_id: str, *, after: int, limit: int, max_bytes: int = EVENT_PAGE_BYTES
     ) -> list[JobEvent]:

@@ -76,6 +76,15 @@ class JobStore(Protocol):
 
     async def has_queued(self) -> bool: ...
 
+    async def queue_depth(self) -> int:
+        """How many jobs are queued."""
+        ...
+
+    async def cost_since(self, since: str) -> float:
+        """The CLI's total_cost_usd summed over jobs that finished at or after
+        `since` (RFC 3339, UTC)."""
+        ...
+
     async def events(
         self, job_id: str, *, after: int, limit: int, max_bytes: int = EVENT_PAGE_BYTES
     ) -> list[JobEvent]:

@@ -218,3 +218,15 @@ async def test_listing_pages_newest_first(store: JobStore) -> None:
     assert seen == ids[::-1]
     queued, _ = await store.list_jobs(status=JobStatus.QUEUED, limit=10, before=None)
     assert [job.queue_position for job in queued] == [4, 3, 2, 1, 0]
+
+
+async def test_the_queue_depth_and_the_cost_since_a_moment(store: JobStore) -> None:
+    first, _ = await store.submit(new(), max_queued=9)
+    await store.submit(new(), max_queued=9)
+    assert await store.queue_depth() == 2
+    await store.claim_next()
+    assert await store.queue_depth() == 1
+    before = "2000-01-01T00:00:00.000000Z"
+    await store.finish(first.id, Outcome(status=JobStatus.COMPLETED, total_cost_usd=0.25))
+    assert await store.cost_since(before) == 0.25
+    assert await store.cost_since("2999-01-01T00:00:00.000000Z") == 0.0
