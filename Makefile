@@ -12,7 +12,7 @@ CLAUDE_CLI_VERSION := 2.1.330
 CLAUDE_CLI_DIR     := .cache/claude-cli
 CLAUDE_CLI_STAMP   := $(CLAUDE_CLI_DIR)/.installed-$(CLAUDE_CLI_VERSION)
 
-.PHONY: serve test lint bench install lock clean claude-cli
+.PHONY: serve test lint bench install lock clean claude-cli doctor screenshot
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory claude-cli \
 	  || echo "make test: could not install the Claude CLI; the real-CLI tests will be skipped"
 	$(BIN)/pytest -n 3 --dist worksteal
+
+# The README's screenshot of a run's page, taken by the browser test.
+screenshot: $(STAMP)
+	UPDATE_DOCS=1 $(BIN)/pytest tests/ui/test_browser.py
+
+# Is this set-up ready to serve? (the CLI, its credential, the workspace, ...)
+doctor: $(STAMP)
+	$(BIN)/claude-agent-service doctor
 
 claude-cli: $(CLAUDE_CLI_STAMP)
 

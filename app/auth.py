@@ -150,7 +150,7 @@ class BearerAuth:
         self,
         app: ASGIApp,
         tokens: Callable[[], Tokens],
-        open_paths: frozenset[str],
+        open_paths: Callable[[], frozenset[str]],
         open_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
@@ -172,4 +172,4 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
     def _open(self, path: str) -> bool:
-        return path in self.open_paths or path.startswith(self.open_prefixes)
+        return path in self.open_paths() or path.startswith(self.open_prefixes)

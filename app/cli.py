@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import enum
 import math
 import os
@@ -11,15 +10,15 @@ import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.config import LOGGING_CONFIG
 
-from app import __version__
+from app import __version__, logs
+from app.doctor import Check, report, run_checks
 from app.instance import DataDirLocked, bind_listener, lock_data_dir, setting_problems
-from app.jobs.sqlite import DatabaseError, check_database
+from app.jobs.backends import check_store
+from app.jobs.store import DatabaseError
 from app.protocol import HttpLimits, guarded_httptools
 from app.redact import redact
 from app.settings import Settings, describe_problems, get_settings, setting_rows
@@ -65,8 +64,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve_parser.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
+    doctor_parser = commands.add_parser(
+        "doctor",
+        help="check that this set-up is ready to serve",
+        description="Check the CLI, its credential and permissions, the workspace and its "
+        "remote, the job store and the token; say how to fix what fails. "
+        "Exit 0 when every check passes, 1 otherwise.",
+    )
+    doctor_parser.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor(as_json=args.json)
     return serve(host=args.host, port=args.port)
+
+
+def doctor(*, as_json: bool) -> int:
+    """Run every check of the set-up; print them; 0 when all pass, 1 otherwise."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        problems = [Check("settings", False, line) for line in describe_problems(exc)]
+        print(report(problems, as_json=as_json))
+        return 1
+    checks = run_checks(settings)
+    print(report(checks, as_json=as_json))
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def _serve_epilog() -> str:
@@ -112,7 +134,7 @@ def serve(*, host: str | None, port: int | None) -> int:
         _fail(f"cannot listen on {host}:{port}: {reason} (HOST, PORT, --port)")
         return ExitCode.ADDRESS
     try:
-        check_database(settings.data_dir)
+        check_store(settings)
         prepare_slots(
             count=settings.max_concurrent_runs,
             workspace_dir=settings.workspace_dir,
@@ -138,11 +160,13 @@ def _run(settings: Settings, listener: socket.socket) -> int:
         head_timeout_s=settings.header_timeout_seconds,
         body_timeout_s=settings.body_timeout_seconds,
     )
+    logs.configure(settings.log_format, settings.log_level)
     config = uvicorn.Config(
         "app.main:app",
         http=guarded_httptools(limits),
         limit_concurrency=settings.max_connections,
-        log_config=_log_config(),
+        log_config=None,  # configured above: one formatter for every line
+        access_log=False,  # the service writes its own (app.access)
         # a backstop: the drain (app.shutdown) ends the connections before it
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_S),
     )
@@ -157,15 +181,6 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         shutdown.begin()
-
-
-def _log_config() -> dict[str, Any]:
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact": {"()": "app.logs.RedactingFilter"}}
-    for handler in config["handlers"].values():
-        handler["filters"] = ["redact"]
-    config["loggers"]["app"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return config
 
 
 def _fail(*lines: str) -> None:

@@ -20,28 +20,29 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app import __version__
+from app import __version__, logs, metrics
 from app.agent import process, sessions
 from app.agent.command import build_command, current_child_environment
 from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
 from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
-from app.api.openapi import OPEN_PATHS, OPEN_PREFIXES, install_openapi
+from app.api.openapi import METRICS_OPEN, OPEN_PATHS, OPEN_PREFIXES, install_openapi
 from app.auth import BearerAuth
 from app.auth import registry as token_registry
 from app.errors import install_error_handlers
 from app.instance import lock_data_dir, setting_problems
+from app.jobs.backends import instance_id, open_store
 from app.jobs.events import JobEvents
-from app.jobs.sqlite import SQLiteJobStore
 from app.jobs.worker import JobRuntime, Worker
 from app.limits import BodySizeLimit
 from app.settings import get_settings
 from app.shutdown import shutdown
+from app.telemetry import Telemetry
 from app.workspace.bootstrap import restore_config
 from app.workspace.git import Git
 from app.workspace.pool import Workspace, WorkspacePool, prepare_slots
-from app.workspace.publish import GitReport, commit_subject, publish
+from app.workspace.publish import GitReport, commit_subject, publish, publish_result
 from app.workspace.sync import sync_workspace
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ async def run_git_sync(workspace: Workspace | None = None) -> str | None:
         min_interval_s=settings.git_sync_min_interval_seconds,
         throttle=workspace.throttle,
     )
+    metrics.git_operations.labels("sync", "failed" if error else "ok").inc()
     if error:
         logger.warning("slot %d: git sync failed: %s", workspace.slot, error)
     return error
@@ -173,6 +175,7 @@ async def run_in_workspace(
                     timeout_s=settings.git_sync_timeout_seconds,
                 )
             )
+            metrics.git_operations.labels("publish", publish_result(report)).inc()
 
 
 async def _end_chat_runs(grace_s: float) -> None:
@@ -223,12 +226,13 @@ def _own_lock() -> Any:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Check the settings, set up the workspaces, open the job store, run the worker."""
     settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)  # done already under `serve`
     problems = setting_problems(settings)
     if problems:
         raise RuntimeError("; ".join(problems))
     lock_data_dir(settings.data_dir)  # held already under `serve`
     pool = await _open_pool()
-    store = await SQLiteJobStore.open(settings.data_dir)
+    store = await open_store(settings)
     hub = JobEvents()
     worker = Worker(
         store,
@@ -237,6 +241,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool=pool,
         max_event_bytes=settings.job_max_event_bytes,
         retention=timedelta(days=settings.job_retention_days),
+        owner=instance_id(settings),
+        lease_s=settings.job_lease_seconds,
+        log_prompts=settings.log_prompts,
     )
     await worker.recover()
     app.state.pool = pool
@@ -247,11 +254,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     draining = asyncio.create_task(_drain(begun, worker, settings.shutdown_grace_seconds))
     app.state.jobs = JobRuntime(store, hub, worker)
     logger.info(
-        "serving %d workspace%s (%s) with %s",
+        "instance %s serving %d workspace%s (%s) with %s, jobs in %s",
+        worker.owner,
         len(pool),
         "" if len(pool) == 1 else "s",
         ", ".join(str(w.path) for w in pool.workspaces),
         settings.claude_bin,
+        "PostgreSQL" if store.shared else settings.data_dir / "jobs.sqlite3",
     )
     try:
         yield
@@ -279,13 +288,15 @@ app = FastAPI(
 )
 app.state.run_agent = run_agent
 app.state.workspace_pool = workspace_pool
+metrics.watch_workspaces(lambda: workspace_pool().in_use, lambda: len(workspace_pool()))
 install_error_handlers(app)
 app.include_router(api_router)
 install_openapi(app)
 app.add_middleware(BodySizeLimit, max_bytes=lambda: get_settings().max_request_bytes)
-app.add_middleware(  # outermost: refuse strangers before reading anything
+app.add_middleware(  # refuse strangers before reading anything
     BearerAuth,
     tokens=lambda: token_registry.current(get_settings()),
-    open_paths=OPEN_PATHS,
+    open_paths=lambda: OPEN_PATHS if get_settings().metrics_require_auth else METRICS_OPEN,
     open_prefixes=OPEN_PREFIXES,
 )
+app.add_middleware(Telemetry)  # outermost: every answer has a request id, a log line, metrics

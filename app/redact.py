@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -42,6 +43,8 @@ def redact(text: str) -> str:
 def service_secrets(settings: Settings) -> tuple[str, ...]:
     """The service's own secrets, as they may appear in text and in JSON strings."""
     found: list[str | None] = [settings.bearer_token, *registry.current(settings).secrets]
+    if settings.database is not None:
+        found.append(urlsplit(settings.database).password)
     forms = []
     for secret in found:
         if secret is None or len(secret) < MIN_SECRET_CHARS:

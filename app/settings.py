@@ -7,6 +7,7 @@ the README's table show them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from functools import lru_cache
@@ -41,6 +42,18 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="the address `serve` listens on")
     port: int = Field(default=8000, ge=0, le=65535, description="the port `serve` listens on")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="a postgresql:// URL: one job store for several instances (none: SQLite)",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description="this instance's name in a shared store (none: host name and a random suffix)",
+    )
+    job_lease_seconds: float = Field(
+        default=30, ge=3, description="a running job is its instance's while it renews this lease"
+    )
 
     workspace_dir: Path = Field(
         default=Path("./workspace"), description="the agent's working directory (a git work tree)"
@@ -137,6 +150,24 @@ class Settings(BaseSettings):
         default=30, gt=0, description="finished jobs older than this are deleted"
     )
 
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="json lines, or text; auto: text on a terminal, else json"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="the least severe level logged"
+    )
+    log_prompts: bool = Field(
+        default=False, description="log each run's prompt (its first 2000 characters)"
+    )
+    metrics_require_auth: bool = Field(
+        default=False, description="GET /metrics needs a bearer token too"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("supported_models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
@@ -145,7 +176,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "chat_agent", "git_repo_url", "git_branch", "api_bearer_tokens_file", mode="before"
+        "chat_agent",
+        "git_repo_url",
+        "git_branch",
+        "api_bearer_tokens_file",
+        "database_url",
+        "instance_id",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -165,6 +202,22 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one model")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL (or unset, for SQLite in DATA_DIR)")
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,64}", value):
+            raise ValueError("must be 1 to 64 letters, digits and _.:@-")
+        return value
+
     @model_validator(mode="after")
     def _default_is_supported(self) -> Settings:
         if self.default_model not in self.supported_models:
@@ -181,6 +234,11 @@ class Settings(BaseSettings):
             return None
         token = self.api_bearer_token.get_secret_value().strip()
         return token or None
+
+    @property
+    def database(self) -> str | None:
+        """The PostgreSQL URL, or None for SQLite in DATA_DIR."""
+        return None if self.database_url is None else self.database_url.get_secret_value()
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -22,6 +22,9 @@ import pytest
 from app import main as app_main
 from app.settings import get_settings
 
+# The throwaway PostgreSQL server and a database per test (postgres_url).
+pytest_plugins = ["tests.pgserver"]
+
 FAKES = Path(__file__).parent / "fakes"
 FAKE_CLAUDE = FAKES / "claude"
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -130,7 +130,7 @@ def test_a_dotenv_gives_the_agent_its_variables_but_never_the_services_secrets(
         "CLAUDE_CODE_MAX_RETRIES=2\n"
         "AWS_REGION=eu-west-1\n"
         "HTTPS_PROXY=http://proxy.example:3128\n"
-        "DATABASE_URL=postgresql://u:p@db/x\n"
+        "GIT_REPO_URL=https://u:p@git.example.invalid/x.git\n"
         "SOMETHING_ELSE=no\n"
     )
     env: dict[str, str | None] = {**service_env, "API_BEARER_TOKEN": None}
@@ -145,7 +145,7 @@ def test_a_dotenv_gives_the_agent_its_variables_but_never_the_services_secrets(
     assert call["anthropic_api_key"] == "sk-ant-from-dotenv"
     names = set(call["env_names"])
     assert {"CLAUDE_CODE_MAX_RETRIES", "AWS_REGION", "HTTPS_PROXY"} <= names
-    assert not names & {"API_BEARER_TOKEN", "DATABASE_URL", "SOMETHING_ELSE", "GIT_REPO_URL"}
+    assert not names & {"API_BEARER_TOKEN", "SOMETHING_ELSE", "GIT_REPO_URL"}
 
 
 def test_serve_refuses_a_non_empty_directory_that_is_not_a_repository(

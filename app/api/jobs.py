@@ -16,10 +16,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.api.deps import JobsDep, SettingsDep, resolve_model
 from app.api.routing import StrictJsonRoute
 from app.errors import ServiceError
-from app.jobs.events import events_after
+from app.jobs.events import events_after, wait_ended
 from app.jobs.models import Job, JobStatus, NewJob
 from app.jobs.store import IdempotencyConflict, JobStore, QueueFull, StoreUnavailable
-from app.jobs.worker import JobRuntime
+from app.jobs.worker import CANCEL_WAIT_S, JobRuntime
 from app.schemas.errors import errors
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
 from app.settings import Settings
@@ -77,6 +77,7 @@ async def execute(
         settings,
         idempotency_key=idempotency_key,
         submitted_by=getattr(request.state, "token_name", None),
+        request_id=getattr(request.state, "request_id", None),
     )
     job, created = await submit_job(jobs, settings, new)
     accepted = JobAccepted(job_id=job.id, status=job.status, queue_position=job.queue_position)
@@ -93,6 +94,7 @@ def new_job(
     *,
     idempotency_key: str | None = None,
     submitted_by: str | None = None,
+    request_id: str | None = None,
 ) -> NewJob:
     """A submission checked against the settings (model, caps) and ready to store."""
     model = resolve_model(body.model, settings)
@@ -120,6 +122,7 @@ def new_job(
         idempotency_key=idempotency_key,
         request_hash=_request_hash(body) if idempotency_key is not None else None,
         submitted_by=submitted_by,
+        request_id=request_id,
     )
 
 
@@ -206,8 +209,9 @@ async def cancel(jobs: JobRuntime, job_id: str) -> Job:
         raise _already_ended(job_id, job.status)
     if await jobs.store.cancel_queued(job_id):
         jobs.hub.notify(job_id)  # its event streams end now
-    else:
-        await jobs.worker.cancel(job_id)
+    elif not await jobs.worker.cancel(job_id) and await jobs.store.request_cancel(job_id):
+        # running on another instance: its owner ends it; wait (bounded) to see it
+        await wait_ended(jobs.store, jobs.hub, job_id, CANCEL_WAIT_S)
     job = await _get(jobs.store, job_id)
     status = job.status
     if status is JobStatus.CANCELLED:

@@ -7,11 +7,13 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app import metrics
 from app.agent.process import SpawnError
 from app.agent.prompt import chat_prompt
 from app.agent.run import AgentBusy, AgentRun, SyncFailed, log_end
@@ -36,6 +38,8 @@ from app.workspace.publish import GitReport
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 
+# A prompt logged with LOG_PROMPTS=true: its beginning.
+PROMPT_LOG_CHARS = 2000
 # How often a running chat checks whether its client went away.
 _DISCONNECT_POLL_S = 1.0
 # Suggested wait before retrying when the agent is busy.
@@ -79,29 +83,32 @@ async def chat_completions(
         summary=request_text,
     )
     report = GitReport()
-    name = f"chat {completion_id}"
+    chat = _Chat(f"chat {completion_id}")
+    if settings.log_prompts:
+        logger.info("%s prompt: %s", chat.name, prompt[:PROMPT_LOG_CHARS])
     try:
-        result = await _until_disconnected(request, run_agent(run, report=report), name)
+        result = await _until_disconnected(request, run_agent(run, report=report), chat)
     except AgentBusy as exc:
-        logger.info("%s refused: %s", name, exc)
+        logger.info("%s refused: %s", chat.name, exc)
+        metrics.count_run("chat", "busy")
         raise ExecutionFailed(
             str(exc) or "agent is busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
         ) from None
     except (SpawnError, SyncFailed) as exc:
-        log_end(name, "failed", redact(str(exc)), None)
+        chat.ended("failed", redact(str(exc)))
         raise ExecutionFailed(one_line(str(exc))) from None
     if result.timed_out:
         error = (
             f"the agent run timed out after {settings.chat_timeout_seconds:g}s "
             "(CHAT_TIMEOUT_SECONDS)"
         )
-        log_end(name, "timeout", error, result.total_cost_usd)
+        chat.ended("timeout", error, result)
         raise ExecutionFailed(error)
     if not result.ok:
         error = one_line(redact(result.text)) or "the agent run failed"
-        log_end(name, "failed", error, result.total_cost_usd)
+        chat.ended("failed", error, result)
         raise ExecutionFailed(error)
-    log_end(name, "completed", None, result.total_cost_usd)
+    chat.ended("completed", None, result)
     completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
@@ -145,7 +152,26 @@ def _accounting_headers(result: AgentResult) -> dict[str, str]:
     return headers
 
 
-async def _until_disconnected(request: Request, work: Any, name: str) -> AgentResult:
+@dataclass(slots=True)
+class _Chat:
+    """One chat completion's run, to log and count its end once."""
+
+    name: str
+    started: float = field(default_factory=time.monotonic)
+
+    def ended(self, status: str, error: str | None, result: AgentResult | None = None) -> None:
+        cost = result.total_cost_usd if result is not None else None
+        log_end(self.name, status, error, cost)
+        metrics.count_run(
+            "chat",
+            status,
+            duration_s=time.monotonic() - self.started,
+            cost_usd=cost,
+            usage=result.usage if result is not None else None,
+        )
+
+
+async def _until_disconnected(request: Request, work: Any, chat: _Chat) -> AgentResult:
     """Await the run; cancel it (killing the agent) if the client hangs up."""
     task: asyncio.Task[AgentResult] = asyncio.ensure_future(work)
     try:
@@ -153,7 +179,7 @@ async def _until_disconnected(request: Request, work: Any, name: str) -> AgentRe
             done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
             if done and task.cancelled():  # by the shutdown, not by this request
                 error = "the service shut down during the run; it was cancelled"
-                log_end(name, "cancelled", error, None)
+                chat.ended("cancelled", error)
                 raise ExecutionFailed(error, headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
             if done:
                 return task.result()
@@ -162,7 +188,7 @@ async def _until_disconnected(request: Request, work: Any, name: str) -> AgentRe
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 error = "the client closed the connection; the run was cancelled"
-                log_end(name, "cancelled", error, None)
+                chat.ended("cancelled", error)
                 raise ServiceError(error, error="client closed request", status_code=499)
     finally:
         if not task.done():

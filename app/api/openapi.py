@@ -7,10 +7,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.settings import get_settings
+
 # Paths the bearer middleware lets through: the liveness probe, and the
 # dashboard, which signs its users in with a cookie of its own.
-OPEN_PATHS = frozenset({"/health", "/ui"})
+OPEN_PATHS = frozenset({"/health", "/health/ready", "/ui"})
 OPEN_PREFIXES = ("/ui/",)
+# ...and /metrics, unless METRICS_REQUIRE_AUTH=true.
+METRICS_OPEN = OPEN_PATHS | {"/metrics"}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -18,6 +22,7 @@ def install_openapi(app: FastAPI) -> None:
 
     def schema() -> dict[str, Any]:
         if app.openapi_schema is None:
+            open_paths = OPEN_PATHS if get_settings().metrics_require_auth else METRICS_OPEN
             document = get_openapi(
                 title=app.title, version=app.version, routes=app.routes, description=app.description
             )
@@ -28,7 +33,7 @@ def install_openapi(app: FastAPI) -> None:
             }
             for path, operations in document.get("paths", {}).items():
                 for operation in operations.values():
-                    is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+                    is_open = path in open_paths or path.startswith(OPEN_PREFIXES)
                     operation["security"] = [] if is_open else [{"bearer": []}]
                     _own_validation_error(operation.get("responses", {}))
             schemas = components.get("schemas", {})

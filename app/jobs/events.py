@@ -14,12 +14,12 @@ import contextlib
 import json
 import logging
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from app.agent.stream import Event
 from app.aio import complete_even_if_cancelled
 from app.jobs.models import EventState, JobEvent, JobStatus
-from app.jobs.store import JobStore, StoreUnavailable, truncated_marker
+from app.jobs.store import JobStore, LeaseLost, StoreUnavailable, truncated_marker
 from app.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -121,12 +121,16 @@ class JobEvents:
         for subscription in self._subscribers.get(job_id, ()):
             subscription.poke()
 
-    def close(self) -> None:
-        """The service is stopping: streams of jobs that will not run now end."""
-        self.closing = True
+    def notify_all(self) -> None:
+        """Every job may have changed (notices from other instances were missed)."""
         for watchers in self._subscribers.values():
             for subscription in watchers:
                 subscription.poke()
+
+    def close(self) -> None:
+        """The service is stopping: streams of jobs that will not run now end."""
+        self.closing = True
+        self.notify_all()
 
 
 class EventSink:
@@ -139,9 +143,21 @@ class EventSink:
     """
 
     def __init__(
-        self, store: JobStore, hub: JobEvents, job_id: str, max_bytes: int, state: EventState
+        self,
+        store: JobStore,
+        hub: JobEvents,
+        job_id: str,
+        max_bytes: int,
+        state: EventState,
+        *,
+        owner: str,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        self._owner = owner
+        self._on_lost = on_lost
+        self.lost = False
+        """The job stopped being this instance's: nothing more is stored."""
         self._hub = hub
         self._job_id = job_id
         self._max_bytes = max_bytes
@@ -211,14 +227,24 @@ class EventSink:
 
     async def _store_held(self) -> None:
         session = None if self._session_stored else self.session_id
-        if not self._unflushed and session is None:
+        if self.lost or (not self._unflushed and session is None):
             return
         batch = list(self._unflushed)
         state = EventState(self._seq, self._used, self._truncated, self._dropped)
         try:
-            await self._store.append_events(self._job_id, batch, state, session_id=session)
+            await self._store.append_events(
+                self._job_id, batch, state, owner=self._owner, session_id=session
+            )
         except StoreUnavailable:
             raise
+        except LeaseLost:
+            logger.warning("job %s is no longer this instance's; its run ends", self._job_id)
+            self.lost = True
+            self._unflushed.clear()
+            self._unflushed_bytes = 0
+            if self._on_lost is not None:
+                self._on_lost()
+            return
         except Exception:  # a batch the store refuses for good must not wedge the run
             logger.exception("job %s: %d events could not be stored", self._job_id, len(batch))
         del self._unflushed[: len(batch)]
@@ -291,5 +317,24 @@ async def events_after(
                     after = event.seq
                 if recheck or not await subscription.wait(IDLE_POLL_S):
                     break
+        finally:
+            hub.unsubscribe(job_id, subscription)
+
+
+async def wait_ended(
+    store: JobStore, hub: JobEvents, job_id: str, timeout_s: float, poll_s: float = 1.0
+) -> JobStatus | None:
+    """The job's status once it is final (or after `timeout_s`, whatever it is):
+    woken by its changes, looking at least every `poll_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        subscription = hub.subscribe(job_id)
+        try:
+            status = await store.status(job_id)
+            remaining = deadline - loop.time()
+            if status is None or status.terminal or remaining <= 0:
+                return status
+            await subscription.wait(min(remaining, poll_s))
         finally:
             hub.unsubscribe(job_id, subscription)

@@ -55,6 +55,7 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     submitted_by: str | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,10 @@ class Job:
     """The workspace it ran in, once it is claimed."""
     submitted_by: str | None = None
     """The name of the token that submitted it."""
+    instance: str | None = None
+    """The instance (INSTANCE_ID) that claimed it."""
+    request_id: str | None = None
+    """The X-Request-ID of the request that submitted it."""
     events_truncated: bool = False
     events_dropped: int = 0
     pgid: int | None = None

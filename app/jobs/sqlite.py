@@ -31,7 +31,11 @@ from app.jobs.models import (
 from app.jobs.store import (
     EVENT_PAGE_BYTES,
     IDEMPOTENCY_WINDOW,
+    DatabaseError,
     IdempotencyConflict,
+    LeaseLost,
+    Listener,
+    Notice,
     QueueFull,
     StoreUnavailable,
     status_event,
@@ -105,14 +109,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN instance TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_expires_at TEXT;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    """,
 )
 
 _JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__)
-
-
-class DatabaseError(Exception):
-    """The job database cannot be used; the message names the file and what to do."""
 
 
 class SQLiteJobStore:
@@ -122,6 +128,7 @@ class SQLiteJobStore:
         self._conn = conn
         self._executor = executor
         self._write_error: str | None = None
+        self._listeners: list[Listener] = []
 
     @classmethod
     async def open(cls, data_dir: Path, *, check: bool = False) -> SQLiteJobStore:
@@ -139,6 +146,18 @@ class SQLiteJobStore:
     @property
     def write_error(self) -> str | None:
         return self._write_error
+
+    @property
+    def shared(self) -> bool:
+        return False  # DATA_DIR's lock: one process at a time
+
+    def listen(self, listener: Listener) -> None:
+        # One process: only cancels need telling (the rest is told in process).
+        self._listeners.append(listener)
+
+    def _tell(self, notice: Notice, job_id: str) -> None:
+        for listener in self._listeners:
+            listener(notice, job_id)
 
     async def close(self) -> None:
         await self._run(self._conn.close)
@@ -199,8 +218,8 @@ class SQLiteJobStore:
             self._conn.execute(
                 "INSERT INTO jobs (id, status, prompt, agent, model, max_budget_usd, "
                 "timeout_seconds, metadata, resume_session_id, session_id, idempotency_key, "
-                "request_hash, submitted_by, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request_hash, submitted_by, request_id, created_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     new.prompt,
@@ -214,6 +233,7 @@ class SQLiteJobStore:
                     new.idempotency_key,
                     new.request_hash,
                     new.submitted_by,
+                    new.request_id,
                     now,
                 ),
             )
@@ -322,22 +342,38 @@ class SQLiteJobStore:
 
     # -- the worker's side ---------------------------------------------------
 
-    async def claim_next(self, *, slot: int = 0) -> Job | None:
-        return await self._write(self._claim_next, slot)
+    async def claim_next(self, *, slot: int, owner: str, lease_s: float) -> Job | None:
+        return await self._write(self._claim_next, slot, owner, lease_s)
 
-    def _claim_next(self, slot: int) -> Job | None:
+    def _claim_next(self, slot: int, owner: str, lease_s: float) -> Job | None:
         with _transaction(self._conn):
             now = utc_now()
             found = self._conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = ?, slot = ? WHERE num = "
+                "UPDATE jobs SET status = 'running', started_at = ?, slot = ?, instance = ?, "
+                "lease_expires_at = ? WHERE num = "
                 "(SELECT num FROM jobs WHERE status = 'queued' ORDER BY num LIMIT 1) "
                 "RETURNING id",
-                (now, slot),
+                (now, slot, owner, _after(lease_s)),
             ).fetchone()
             if found is None:
                 return None
             self._status_event(found["id"], JobStatus.RUNNING, now)
             return self._get(found["id"])
+
+    async def renew(self, owner: str, job_ids: Sequence[str], lease_s: float) -> set[str]:
+        def renew() -> set[str]:
+            marks = ",".join("?" * len(job_ids))
+            with _transaction(self._conn):
+                rows = self._conn.execute(
+                    f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({marks}) "
+                    "AND instance = ? AND status = 'running' RETURNING id",
+                    (_after(lease_s), *job_ids, owner),
+                ).fetchall()
+            return {row["id"] for row in rows}
+
+        if not job_ids:
+            return set()
+        return await self._write(renew)
 
     async def set_process_group(
         self, job_id: str, pgid: int, boot_id: str | None, leader_start: int | None
@@ -370,33 +406,38 @@ class SQLiteJobStore:
         events: Sequence[JobEvent],
         state: EventState,
         *,
+        owner: str,
         session_id: str | None = None,
     ) -> None:
         def append() -> None:
             with _transaction(self._conn):
+                held = self._conn.execute(
+                    "UPDATE jobs SET event_bytes = ?, events_truncated = ?, events_dropped = ?, "
+                    "session_id = COALESCE(session_id, ?) "
+                    "WHERE id = ? AND instance = ? AND status = 'running'",
+                    (state.used_bytes, state.truncated, state.dropped, session_id, job_id, owner),
+                ).rowcount
+                if not held:
+                    raise LeaseLost(job_id)
                 self._conn.executemany(
                     "INSERT INTO events VALUES (?, ?, ?, ?)",
                     [(job_id, *event) for event in events],
                 )
-                self._conn.execute(
-                    "UPDATE jobs SET event_bytes = ?, events_truncated = ?, events_dropped = ?, "
-                    "session_id = COALESCE(session_id, ?) WHERE id = ?",
-                    (state.used_bytes, state.truncated, state.dropped, session_id, job_id),
-                )
 
         await self._write(append)
 
-    async def finish(self, job_id: str, outcome: Outcome) -> bool:
-        return await self._write(self._finish, job_id, outcome)
+    async def finish(self, job_id: str, outcome: Outcome, *, owner: str) -> bool:
+        return await self._write(self._finish, job_id, outcome, owner)
 
-    def _finish(self, job_id: str, outcome: Outcome) -> bool:
+    def _finish(self, job_id: str, outcome: Outcome, owner: str) -> bool:
         with _transaction(self._conn):
             now = utc_now()
             updated = self._conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, is_error = ?, "
                 "error = ?, session_id = COALESCE(?, session_id), total_cost_usd = ?, "
                 "num_turns = ?, duration_ms = ?, usage = ?, permission_denials = ?, "
-                "exit_code = ?, stderr_tail = ?, git = ? WHERE id = ? AND status = 'running'",
+                "exit_code = ?, stderr_tail = ?, git = ? "
+                "WHERE id = ? AND status = 'running' AND instance = ?",
                 (
                     outcome.status.value,
                     now,
@@ -413,6 +454,7 @@ class SQLiteJobStore:
                     outcome.stderr_tail,
                     _dump(outcome.git),
                     job_id,
+                    owner,
                 ),
             ).rowcount
             if updated:
@@ -434,10 +476,44 @@ class SQLiteJobStore:
                 self._status_event(job_id, JobStatus.CANCELLED, now, "cancelled before it started")
             return bool(updated)
 
-    async def interrupt_running(self, error: str) -> list[Job]:
-        return await self._write(self._interrupt_running, error)
+    async def request_cancel(self, job_id: str) -> bool:
+        def request() -> bool:
+            with _transaction(self._conn):
+                return bool(
+                    self._conn.execute(
+                        "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                        (job_id,),
+                    ).rowcount
+                )
 
-    def _interrupt_running(self, error: str) -> list[Job]:
+        requested = await self._write(request)
+        if requested:
+            self._tell("cancel", job_id)
+        return requested
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        def pending() -> list[str]:
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE status = 'running' AND instance = ? "
+                "AND cancel_requested = 1",
+                (owner,),
+            ).fetchall()
+            return [row["id"] for row in rows]
+
+        return await self._run(pending)
+
+    async def interrupt_running(self, error: str, *, owner: str | None) -> list[Job]:
+        where = "status = 'running'" + ("" if owner is None else " AND instance = ?")
+        args = () if owner is None else (owner,)
+        return await self._write(self._interrupt, error, where, args)
+
+    async def interrupt_expired(self, error: str, *, except_owner: str) -> list[Job]:
+        where = (
+            "status = 'running' AND lease_expires_at < ? AND (instance IS NULL OR instance != ?)"
+        )
+        return await self._write(self._interrupt, error, where, (utc_now(), except_owner))
+
+    def _interrupt(self, error: str, where: str, args: tuple[str, ...]) -> list[Job]:
         with _transaction(self._conn):
             now = utc_now()
             ids = [
@@ -449,8 +525,8 @@ class SQLiteJobStore:
                     "  THEN json_extract(e.data, '$.session_id') END"
                     "  FROM events e WHERE e.job_id = jobs.id AND e.type = 'system'"
                     "  ORDER BY e.seq LIMIT 1"
-                    ")) WHERE status = 'running' RETURNING id",
-                    (now, error),
+                    f")) WHERE {where} RETURNING id",
+                    (now, error, *args),
                 ).fetchall()
             ]
             for job_id in ids:
@@ -615,6 +691,11 @@ def _job(found: sqlite3.Row, queue_position: int | None) -> Job:
     row["status"] = JobStatus(row["status"])
     row["events_truncated"] = bool(row["events_truncated"])
     return Job(**row, queue_position=queue_position)
+
+
+def _after(seconds: float) -> str:
+    """Now plus `seconds`, as the text the leases are compared in."""
+    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def _dump(value: Any) -> str | None:

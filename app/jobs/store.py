@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from app.errors import ServiceError
 from app.jobs.models import EventState, Job, JobEvent, JobStatus, NewJob, Outcome
@@ -39,12 +39,41 @@ class StoreUnavailable(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
 
+class DatabaseError(Exception):
+    """The job database cannot be used at start-up; the message names it and what to do."""
+
+
+class LeaseLost(Exception):
+    """The job is no longer this instance's to write (its lease expired and
+    another instance interrupted it, or it ended meanwhile)."""
+
+
+# What a store tells its listeners: a job changed (new events, a new status;
+# with its id), a job was queued, a running job is asked to end (a cancel made
+# on another instance; with its id), or notices may have been missed (after a
+# lost connection: look at everything again).
+Notice = Literal["changed", "queued", "cancel", "missed"]
+Listener = Callable[[Notice, str], None]
+
+
 class JobStore(Protocol):
-    """Jobs and their events."""
+    """Jobs and their events, shared by every instance that names the same store.
+
+    A running job belongs to one instance (`owner`, its INSTANCE_ID) for as
+    long as its lease lasts; the owner renews the lease while the run goes
+    on, and every write it makes for the job is fenced: it takes effect only
+    while the job is still running and still its own.
+    """
 
     @property
     def write_error(self) -> str | None:
         """Why the last write failed, until a write succeeds again (None: healthy)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other instances may use this store (then a restarting instance
+        recovers only its own jobs)."""
         ...
 
     async def close(self) -> None: ...
@@ -52,6 +81,11 @@ class JobStore(Protocol):
     async def probe(self) -> None:
         """Try a small write, to learn whether a failing store is back (clears
         `write_error` when it is); raises StoreUnavailable when it is not."""
+        ...
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` for changes made by any instance (a store shared by
+        several instances delivers them; an embedded one has only this one)."""
         ...
 
     # -- submitting and reading --------------------------------------------
@@ -94,9 +128,13 @@ class JobStore(Protocol):
 
     # -- the worker's side ---------------------------------------------------
 
-    async def claim_next(self, *, slot: int = 0) -> Job | None:
+    async def claim_next(self, *, slot: int, owner: str, lease_s: float) -> Job | None:
         """Atomically move the oldest queued job to `running` in workspace
-        `slot` and return it."""
+        `slot`, owned by `owner` for `lease_s`, and return it."""
+        ...
+
+    async def renew(self, owner: str, job_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend `owner`'s leases on `job_ids`; return those it still holds."""
         ...
 
     async def set_process_group(
@@ -115,24 +153,42 @@ class JobStore(Protocol):
         events: Sequence[JobEvent],
         state: EventState,
         *,
+        owner: str,
         session_id: str | None = None,
     ) -> None:
         """Store events numbered by the caller, and the log's `state` after them;
-        record `session_id` on the job if it has none yet, in the same transaction."""
+        record `session_id` on the job if it has none yet, in the same
+        transaction. Raises LeaseLost when the job is not `owner`'s running job."""
         ...
 
-    async def finish(self, job_id: str, outcome: Outcome) -> bool:
-        """Record how a running job ended, with its final status event after
-        every event before it; False if it was no longer running."""
+    async def finish(self, job_id: str, outcome: Outcome, *, owner: str) -> bool:
+        """Record how `owner`'s running job ended, with its final status event
+        after every event before it; False if it was not (any more)."""
         ...
 
     async def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False if it is not queued (any more)."""
         ...
 
-    async def interrupt_running(self, error: str) -> list[Job]:
-        """At start-up: mark every job still `running` as interrupted (its
-        session id recovered from its stored events); return them."""
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask the owner of a running job to end it (cancelled); False if it is
+        not running. The owner learns it from `listen` ("cancel") or
+        `cancel_requests`."""
+        ...
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        """`owner`'s running jobs that someone asked to cancel."""
+        ...
+
+    async def interrupt_running(self, error: str, *, owner: str | None) -> list[Job]:
+        """At start-up: mark the running jobs of `owner` (None: every running
+        job) interrupted, their session ids recovered from their stored
+        events; return them."""
+        ...
+
+    async def interrupt_expired(self, error: str, *, except_owner: str) -> list[Job]:
+        """Mark interrupted the running jobs whose lease expired (their instance
+        stopped while they ran), but `except_owner`'s; return them."""
         ...
 
     async def prune(self, older_than: timedelta) -> int:

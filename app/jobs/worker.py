@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from app import logs, metrics
 from app.agent.process import OnLine, OnStart, SpawnError
 from app.agent.run import AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult
 from app.jobs.events import RETRY_FIRST_S, RETRY_MAX_S, EventSink, JobEvents
 from app.jobs.models import Job, JobStatus, Outcome
-from app.jobs.store import JobStore, StoreUnavailable
+from app.jobs.store import JobStore, Notice, StoreUnavailable
 from app.proc import boot_id, kill_group_by_id, start_ticks
 from app.redact import redact
 from app.workspace.pool import Workspace, WorkspacePool
@@ -40,6 +42,12 @@ PRUNE_INTERVAL_S = 3600.0
 CANCEL_WAIT_S = 15.0
 ERROR_TEXT_LIMIT = 4000
 INTERRUPTED_ERROR = "the service stopped while this job was running"
+LEASE_EXPIRED_ERROR = "its instance stopped while it ran (its lease expired)"
+# How often cancels asked on other instances are looked for (behind the
+# notifications), at most.
+CANCEL_POLL_S = 1.0
+# A prompt logged with LOG_PROMPTS=true: its beginning.
+PROMPT_LOG_CHARS = 2000
 _UNSTORABLE = "internal error: the outcome could not be stored: "
 
 
@@ -119,8 +127,14 @@ class Worker:
         pool: WorkspacePool,
         max_event_bytes: int,
         retention: timedelta,
+        owner: str = "local",
+        lease_s: float = 30.0,
+        log_prompts: bool = False,
     ) -> None:
+        self.log_prompts = log_prompts
         self._store = store
+        self.owner = owner
+        self._lease_s = lease_s
         self._hub = hub
         self._execute = execute
         self._pool = pool
@@ -134,21 +148,94 @@ class Worker:
         self._runs: set[asyncio.Task[None]] = set()
         self._recorded: dict[str, asyncio.Event] = {}
         self._sinks: set[EventSink] = set()
+        self._leases: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._runs_cancels: set[asyncio.Task[bool]] = set()
+        # (taken as a failure at start: the reaper first gives owners a lease to renew)
+        self._store_failed_at = time.monotonic()
         pool.on_release(self.wake)
+        store.listen(self._heard)
 
     # -- life cycle ----------------------------------------------------------
 
     async def recover(self) -> None:
-        """Mark jobs a dead predecessor left `running` as interrupted; kill their groups."""
+        """Mark jobs a dead predecessor left `running` as interrupted; kill their groups.
+
+        A store of this process alone: every running job was its predecessor's.
+        A shared one: only this instance's own (the others' are theirs, or
+        interrupted once their leases expire).
+        """
+        owner = self.owner if self._store.shared else None
+        jobs = await self._store.interrupt_running(INTERRUPTED_ERROR, owner=owner)
+        await self._interrupted(jobs, "was running when the service stopped")
+
+    async def _interrupted(self, jobs: list[Job], why: str) -> None:
         this_boot = boot_id()
-        for job in await self._store.interrupt_running(INTERRUPTED_ERROR):
-            logger.warning("job %s was running when the service stopped: interrupted", job.id)
+        for job in jobs:
+            logger.warning("job %s %s: interrupted", job.id, why)
             if _still_ours(job, this_boot) and job.pgid and await kill_group_by_id(job.pgid):
                 logger.warning("killed process group %d left by job %s", job.pgid, job.id)
             self._hub.notify(job.id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="job-worker")
+        self._leases = asyncio.create_task(self._keep_leases(), name="job-leases")
+
+    def _heard(self, notice: Notice, job_id: str) -> None:
+        """A change any instance made: wake watchers; end a run asked to cancel."""
+        if notice == "changed":
+            self._hub.notify(job_id)
+        elif notice == "queued":
+            self.wake()
+        elif notice == "missed":
+            self._hub.notify_all()
+            self.wake()
+        elif notice == "cancel" and job_id in self._running:
+            task = asyncio.create_task(self.cancel(job_id))
+            self._runs_cancels.add(task)
+            task.add_done_callback(self._runs_cancels.discard)
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the jobs running here; interrupt the jobs of
+        instances whose leases expired; act on cancels asked elsewhere (the
+        poll behind the notifications)."""
+        next_lease = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                if loop.time() >= next_lease:
+                    await self._renew()
+                    await self._reap()
+                    next_lease = loop.time() + self._lease_s / 3
+                for job_id in await self._store.cancel_requests(self.owner):
+                    self._heard("cancel", job_id)
+            except StoreUnavailable as exc:
+                self._store_failed_at = time.monotonic()
+                logger.warning("leases not renewed: %s", exc)
+            except Exception:
+                logger.exception("keeping the leases failed; going on")
+            if self._store.write_error is not None:
+                self._store_failed_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), CANCEL_POLL_S)
+
+    async def _renew(self) -> None:
+        ids = [job_id for job_id, run in self._running.items() if run.task is not None]
+        held = await self._store.renew(self.owner, ids, self._lease_s)
+        for job_id in set(ids) - held:
+            run = self._running.get(job_id)
+            if run is not None and run.task is not None and not run.task.done():
+                logger.warning("job %s is no longer this instance's (its lease was taken)", job_id)
+                run.cancel_reason = JobStatus.INTERRUPTED
+                run.task.cancel()
+
+    async def _reap(self) -> None:
+        # Right after an outage of the store every lease looks expired: give
+        # their owners one lease period to renew before taking any.
+        if time.monotonic() - self._store_failed_at < self._lease_s:
+            return
+        jobs = await self._store.interrupt_expired(LEASE_EXPIRED_ERROR, except_owner=self.owner)
+        await self._interrupted(jobs, "outlived its instance's lease")
 
     def wake(self) -> None:
         self._wake.set()
@@ -160,6 +247,7 @@ class Worker:
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; give the running jobs `grace_s`, then interrupt them."""
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._hub.close()
         running = {job_id: r for job_id, r in self._running.items() if r.task is not None}
@@ -176,6 +264,8 @@ class Worker:
         waits: set[asyncio.Task[None]] = set(self._runs)
         if self._task is not None:
             waits.add(self._task)
+        if self._leases is not None:
+            waits.add(self._leases)
         if waits:
             _, late = await asyncio.wait(waits, timeout=STOP_WAIT_S)
             if late:
@@ -258,7 +348,9 @@ class Worker:
         try:
             if self._stopping:
                 return False
-            job = await self._store.claim_next(slot=workspace.slot)
+            job = await self._store.claim_next(
+                slot=workspace.slot, owner=self.owner, lease_s=self._lease_s
+            )
             if job is None:
                 return False
             self._running[job.id] = _Running()
@@ -283,6 +375,7 @@ class Worker:
 
     async def _run(self, job: Job, workspace: Workspace) -> None:
         """Run a claimed job in `workspace`, record its outcome, give the workspace back."""
+        logs.job_id.set(job.id)  # this task's log lines (and its children's) name the job
         try:
             await self._run_in(job, workspace)
         finally:
@@ -293,7 +386,21 @@ class Worker:
         job_id = job.id
         running = self._running[job_id]
         state = await self._store.event_state(job_id)
-        sink = EventSink(self._store, self._hub, job_id, self._max_event_bytes, state)
+
+        def lost() -> None:  # another instance took the job: end the run here
+            if running.task is not None and not running.task.done():
+                running.cancel_reason = JobStatus.INTERRUPTED
+                running.task.cancel()
+
+        sink = EventSink(
+            self._store,
+            self._hub,
+            job_id,
+            self._max_event_bytes,
+            state,
+            owner=self.owner,
+            on_lost=lost,
+        )
         self._hub.attach(job_id, sink)
         self._sinks.add(sink)
         run = AgentRun(
@@ -323,7 +430,10 @@ class Worker:
         running.task = task
         if running.cancel_reason is not None:  # cancelled between its claim and now
             task.cancel()
+        started = time.monotonic()
         logger.info("job %s started in slot %d", job_id, workspace.slot)
+        if self.log_prompts:
+            logger.info("job %s prompt: %s", job_id, job.prompt[:PROMPT_LOG_CHARS])
         outcome: Outcome | None = None
         try:
             outcome = outcome_of(await task, run.timeout_s)
@@ -348,9 +458,15 @@ class Worker:
         finally:
             if outcome is not None:
                 outcome.git = report.as_dict()
-            await asyncio.shield(self._record(job_id, sink, outcome))
+            await asyncio.shield(self._record(job_id, sink, outcome, started))
 
-    async def _record(self, job_id: str, sink: EventSink, outcome: Outcome | None) -> None:
+    async def _record(
+        self,
+        job_id: str,
+        sink: EventSink,
+        outcome: Outcome | None,
+        started: float | None = None,
+    ) -> None:
         """Store the run's last events, then its outcome: after every event, and
         however long a failing store takes to come back (bounded backoff)."""
         await sink.close()
@@ -364,7 +480,12 @@ class Worker:
         delay = RETRY_FIRST_S
         while True:
             try:
-                await self._store.finish(job_id, final)
+                if not await self._store.finish(job_id, final, owner=self.owner):
+                    logger.warning(
+                        "job %s ended %s here, but it is no longer this instance's: not recorded",
+                        job_id,
+                        final.status,
+                    )
                 break
             except StoreUnavailable as exc:
                 logger.error(
@@ -384,6 +505,13 @@ class Worker:
                 final = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         self._hub.notify(job_id)
         log_end(f"job {job_id}", final.status, redact(final.error or ""), final.total_cost_usd)
+        metrics.count_run(
+            "job",
+            final.status,
+            duration_s=None if started is None else time.monotonic() - started,
+            cost_usd=final.total_cost_usd,
+            usage=final.usage,
+        )
         recorded = self._recorded.pop(job_id, None)
         if recorded is not None:
             recorded.set()

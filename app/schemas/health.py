@@ -22,3 +22,26 @@ class Health(BaseModel):
     store: Literal["ok", "failing"]
     store_error: str | None = None
     """Why the store's last write failed, while it fails."""
+
+
+class CheckView(BaseModel):
+    """One check of `doctor`: what, whether it passed, what was found, the fix."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: list[CheckView]
+
+
+class NotReady(BaseModel):
+    """The error shape, with every check."""
+
+    error: Literal["not ready"]
+    detail: str
+    message: str
+    checks: list[CheckView]

@@ -122,7 +122,9 @@ class JobView(BaseModel):
     stderr_tail: str | None
     git: dict[str, Any] | None
     slot: int | None
+    instance: str | None
     submitted_by: str | None
+    request_id: str | None
     events_truncated: bool
 
     @classmethod

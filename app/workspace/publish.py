@@ -193,3 +193,11 @@ async def _rescue(
         await git("clean", "-fdq")
     report.head_after = await git.head()
     logger.warning("run %s: %s", run_id, report.push_error)
+
+
+def publish_result(report: GitReport) -> str:
+    """One word for what a publish did: pushed, aside (on agent-service/<id>),
+    failed, or nothing (nothing to push)."""
+    if report.pushed:
+        return "aside" if (report.branch or "").startswith(FALLBACK_PREFIX) else "pushed"
+    return "failed" if report.push_error else "nothing"

@@ -57,14 +57,19 @@ def test_a_prompt_at_the_limit_stays_in_argv() -> None:
     assert command.stdin is None
 
 
-def test_child_environment_withholds_the_token_the_remote_and_claudecode() -> None:
-    env = child_environment(
-        {
-            "API_BEARER_TOKEN": "secret",
-            "CLAUDECODE": "1",
-            "GIT_REPO_URL": "https://bot:pw@git.example/r.git",
-            "PATH": "/bin",
-            "HOME": "/root",
-        }
-    )
+def test_child_environment_withholds_the_services_secrets_and_claudecode() -> None:
+    secrets = {
+        "API_BEARER_TOKEN": "secret",
+        "API_BEARER_TOKENS_FILE": "/etc/tokens",
+        "CLAUDECODE": "1",
+        "GIT_REPO_URL": "https://bot:pw@git.example/r.git",
+        "DATABASE_URL": "postgresql://u:pw@db/jobs",
+        "WEBHOOK_SECRET": "hmac-key",
+    }
+    env = child_environment({**secrets, "PATH": "/bin", "HOME": "/root"})
     assert env == {"PATH": "/bin", "HOME": "/root"}
+    # .env's variables come under the environment's, and are filtered the same way
+    assert child_environment({"PATH": "/bin"}, {**secrets, "ANTHROPIC_API_KEY": "k"}) == {
+        "PATH": "/bin",
+        "ANTHROPIC_API_KEY": "k",
+    }

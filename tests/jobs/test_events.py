@@ -7,17 +7,16 @@ import json
 import random
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.jobs.events import EventSink, JobEvents, events_after
 from app.jobs.models import JobEvent, JobStatus, NewJob, Outcome
-from app.jobs.sqlite import SQLiteJobStore
 from app.jobs.store import JobStore
 from tests.conftest import Server
 from tests.jobs.helpers import sse, submit, wait_for
+from tests.jobs.stores import OWNER, Backend
 
 
 class SlowWrites:
@@ -38,10 +37,8 @@ class SlowWrites:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    opened = await SQLiteJobStore.open(tmp_path)
-    yield SlowWrites(opened, random.Random(0))  # type: ignore[misc]
-    await opened.close()
+async def store(backend: Backend) -> AsyncIterator[JobStore]:
+    yield SlowWrites(backend.store, random.Random(0))  # type: ignore[misc]
 
 
 def assert_complete(seen: list[JobEvent], last_seq: int, lines: int) -> None:
@@ -63,9 +60,9 @@ async def run_burst(store: JobStore, lines: int, rng: random.Random) -> None:
         return [event async for event in events_after(store, hub, job.id, 0)]
 
     watchers = [asyncio.create_task(watch()) for _ in range(2)]
-    await store.claim_next()
+    await store.claim_next(slot=0, owner=OWNER, lease_s=60)
     hub.notify(job.id)
-    sink = EventSink(store, hub, job.id, 2**30, await store.event_state(job.id))
+    sink = EventSink(store, hub, job.id, 2**30, await store.event_state(job.id), owner=OWNER)
     hub.attach(job.id, sink)
     joins = set(rng.sample(range(lines), 3))
     pad = "x" * rng.randint(200, 1500)
@@ -80,7 +77,7 @@ async def run_burst(store: JobStore, lines: int, rng: random.Random) -> None:
     await sink.on_line(result.encode(), json.loads(result))
     await sink.close()
     hub.detach(job.id)
-    await store.finish(job.id, Outcome(status=JobStatus.COMPLETED))
+    await store.finish(job.id, Outcome(status=JobStatus.COMPLETED), owner=OWNER)
     hub.notify(job.id)
     seen = await asyncio.wait_for(asyncio.gather(*watchers), 30)
     replay = await watch()

@@ -13,12 +13,20 @@ import pytest
 
 from tests.conftest import FAKE_CLAUDE, TOKEN, Server, git, group_members, read_log, start_server
 from tests.jobs.helpers import sse, submit, wait_for
+from tests.jobs.stores import BACKENDS
+from tests.pgserver import PostgresServer
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    """One server for the tests that only need the defaults."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
+    """One server for the tests that only need the defaults, on each job store."""
     root = tmp_path_factory.mktemp("jobs")
+    database: dict[str, str] = {}
+    if request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        database["DATABASE_URL"] = postgres.create_database(f"jobs_{uuid.uuid4().hex}")
     workspace = root / "workspace"
     workspace.mkdir()
     git("init", "--quiet", cwd=workspace)
@@ -30,6 +38,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
         "CLAUDE_BIN": str(FAKE_CLAUDE),
         "FAKE_CLAUDE_LOG": str(log),
         "JOB_TIMEOUT_SECONDS": "60",
+        **database,
     }
     server = start_server(env, root / "server.log")
     yield server, log
