@@ -86,6 +86,7 @@ async def run_git_sync(workspace: Workspace | None = None) -> str | None:
         branch=settings.git_branch or workspace.branch,
         min_interval_s=settings.git_sync_min_interval_seconds,
         throttle=workspace.throttle,
+        has_origin=workspace.has_origin,
     )
     metrics.git_operations.labels("sync", "failed" if error else "ok").inc()
     if error:
@@ -211,9 +212,18 @@ async def _open_pool() -> WorkspacePool:
         branch=settings.git_branch,
     )
     workspaces = []
-    for slot, (path, branch, config) in enumerate(slots):
-        lock_of = _slot_zero_lock if slot == 0 else _own_lock()
-        workspaces.append(Workspace(slot, path, lock_of, branch=branch, config=config))
+    for number, slot in enumerate(slots):
+        lock_of = _slot_zero_lock if number == 0 else _own_lock()
+        workspaces.append(
+            Workspace(
+                number,
+                slot.path,
+                lock_of,
+                branch=slot.branch,
+                config=slot.config,
+                has_origin=slot.has_origin,
+            )
+        )
     return WorkspacePool(workspaces)
 
 

@@ -115,6 +115,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN request_id TEXT;
     """,
+    """
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters SELECT 'queued', COUNT(*) FROM jobs WHERE status = 'queued';
+    """,
 )
 
 _JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
@@ -208,10 +212,10 @@ class SQLiteJobStore:
                     job = self._get(found["id"])
                     assert job is not None
                     return job, False
-            (queued,) = self._conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
-            ).fetchone()
-            if queued >= max_queued:
+            if not self._conn.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'queued' AND value < ?",
+                (max_queued,),
+            ).rowcount:
                 raise QueueFull
             job_id = str(uuid.uuid4())
             now = utc_now()
@@ -249,12 +253,31 @@ class SQLiteJobStore:
         found = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             return None
-        position = None
-        if found["status"] == JobStatus.QUEUED:
-            (position,) = self._conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num < ?", (found["num"],)
-            ).fetchone()
+        position = self._position(found["num"]) if found["status"] == JobStatus.QUEUED else None
         return _job(found, position)
+
+    def _position(self, num: int) -> int:
+        """Queued jobs ahead of job `num`, counted on whichever side of it is
+        shorter (a count over 10,000 index entries is what a page cannot afford)."""
+        total = self._queued()
+        first, last = self._conn.execute(
+            "SELECT MIN(num), MAX(num) FROM jobs WHERE status = 'queued'"
+        ).fetchone()
+        if first is None or num - first <= last - num:
+            (ahead,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num < ?", (num,)
+            ).fetchone()
+            return int(ahead)
+        (behind,) = self._conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num > ?", (num,)
+        ).fetchone()
+        return total - 1 - int(behind)
+
+    def _queued(self) -> int:
+        (queued,) = self._conn.execute(
+            "SELECT value FROM counters WHERE name = 'queued'"
+        ).fetchone()
+        return int(queued)
 
     async def list_jobs(
         self, *, status: JobStatus | None, limit: int, before: int | None
@@ -278,11 +301,14 @@ class SQLiteJobStore:
         more = len(found) > limit
         found = found[:limit]
         position: dict[int, int] = {}
-        if any(r["status"] == JobStatus.QUEUED for r in found):
-            queued = self._conn.execute(
-                "SELECT num FROM jobs WHERE status = 'queued' ORDER BY num"
+        nums = [r["num"] for r in found if r["status"] == JobStatus.QUEUED]
+        if nums:  # one count for the page, then its own rows
+            ahead = self._position(min(nums))
+            between = self._conn.execute(
+                "SELECT num FROM jobs WHERE status = 'queued' AND num BETWEEN ? AND ? ORDER BY num",
+                (min(nums), max(nums)),
             ).fetchall()
-            position = {num: i for i, (num,) in enumerate(queued)}
+            position = {num: ahead + i for i, (num,) in enumerate(between)}
         jobs = [_job(r, position.get(r["num"])) for r in found]
         return jobs, (jobs[-1].num if more else None)
 
@@ -302,13 +328,7 @@ class SQLiteJobStore:
         )
 
     async def queue_depth(self) -> int:
-        def count() -> int:
-            (queued,) = self._conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
-            ).fetchone()
-            return int(queued)
-
-        return await self._run(count)
+        return await self._run(self._queued)
 
     async def cost_since(self, since: str) -> float:
         def total() -> float:
@@ -357,6 +377,7 @@ class SQLiteJobStore:
             ).fetchone()
             if found is None:
                 return None
+            self._conn.execute("UPDATE counters SET value = value - 1 WHERE name = 'queued'")
             self._status_event(found["id"], JobStatus.RUNNING, now)
             return self._get(found["id"])
 
@@ -473,6 +494,7 @@ class SQLiteJobStore:
                 (now, job_id),
             ).rowcount
             if updated:
+                self._conn.execute("UPDATE counters SET value = value - 1 WHERE name = 'queued'")
                 self._status_event(job_id, JobStatus.CANCELLED, now, "cancelled before it started")
             return bool(updated)
 

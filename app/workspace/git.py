@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,31 @@ def git_environment(work_tree: Path | None = None) -> dict[str, str]:
         env["GIT_WORK_TREE"] = str(root)
         env["GIT_CEILING_DIRECTORIES"] = str(root.parent)
     return env
+
+
+def _read_state(work_tree: Path) -> TreeState | None:
+    """TreeState from a plain `.git` directory, or None to ask git instead."""
+    repo = work_tree / ".git"
+    try:
+        if repo.is_symlink() or not repo.is_dir():
+            return None
+        head = (repo / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if head.startswith("ref: refs/heads/"):
+        branch: str | None = head.removeprefix("ref: refs/heads/")
+    elif _SHA.match(head):
+        branch = None  # detached
+    else:
+        return None
+    lock = repo / "index.lock"
+    if lock.is_file() and not lock.is_symlink():
+        lock.unlink(missing_ok=True)
+        logger.warning("removed a stale %s from the workspace", lock)
+    operation = next(
+        (name for marker, name in _IN_PROGRESS.items() if (repo / marker).exists()), None
+    )
+    return TreeState(branch, operation)
 
 
 def identity(author: tuple[str, str]) -> tuple[str, ...]:
@@ -127,6 +153,26 @@ async def run_git(
     return GitResult(proc.returncode, redact(out.decode(errors="replace").strip()))
 
 
+# Markers of an operation under way, in the repository directory.
+_IN_PROGRESS = {
+    "rebase-merge": "rebase",
+    "rebase-apply": "rebase",
+    "MERGE_HEAD": "merge",
+    "CHERRY_PICK_HEAD": "cherry-pick",
+    "REVERT_HEAD": "revert",
+}
+_SHA = re.compile(r"^[0-9a-f]{40,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TreeState:
+    """Where a work tree stands: its branch (None when detached) and the
+    operation it is in the middle of (None when none)."""
+
+    branch: str | None
+    operation: str | None
+
+
 class Git:
     """git in one work tree, every command bounded by `timeout_s`."""
 
@@ -167,21 +213,35 @@ class Git:
 
     async def in_progress(self) -> str | None:
         """The operation the work tree is in the middle of ("rebase", "merge", ...)."""
-        markers = {
-            "rebase-merge": "rebase",
-            "rebase-apply": "rebase",
-            "MERGE_HEAD": "merge",
-            "CHERRY_PICK_HEAD": "cherry-pick",
-            "REVERT_HEAD": "revert",
-        }
-        args = [arg for marker in markers for arg in ("--git-path", marker)]
+        args = [arg for marker in _IN_PROGRESS for arg in ("--git-path", marker)]
         done = await self("rev-parse", *args)
         if not done.ok:
             return None
-        for found, operation in zip(done.output.splitlines(), markers.values(), strict=False):
+        for found, operation in zip(done.output.splitlines(), _IN_PROGRESS.values(), strict=False):
             if (self.path / found).exists():
                 return operation
         return None
+
+    async def state(self) -> TreeState | None:
+        """The work tree's branch and operation under way, and a stale
+        `index.lock` removed (see `ready`); None when it is no repository.
+
+        A plain `.git` directory is read directly: spawning git costs about
+        7 ms a process, and these are a few files. Anything else (a `.git`
+        file of a linked worktree, a symlink, an odd HEAD) asks git.
+        """
+        direct = _read_state(self.path)
+        if direct is not None:
+            return direct
+        if not await self.ready():
+            return None
+        return TreeState(await self.current_branch(), await self.in_progress())
+
+    async def behind(self, branch: str) -> bool:
+        """Whether `origin/<branch>` has commits the local branch lacks (a
+        rebase is due); False when there is nothing upstream."""
+        done = await self("rev-list", "--count", f"HEAD..refs/remotes/origin/{branch}")
+        return done.ok and done.output.strip() not in ("", "0")
 
     async def stash_count(self) -> int:
         done = await self("stash", "list")

@@ -42,6 +42,9 @@ class Workspace:
     branch: str | None = None
     config: ConfigSnapshot | None = None
     throttle: FetchThrottle = field(default_factory=FetchThrottle)
+    has_origin: bool | None = None
+    """Whether its start-up config (put back before each sync) has an origin;
+    None: not known, ask git."""
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -96,6 +99,16 @@ class WorkspacePool:
         self._on_release.append(listener)
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A workspace as start-up prepared it."""
+
+    path: Path
+    branch: str | None
+    config: ConfigSnapshot | None
+    has_origin: bool
+
+
 def slot_path(data_dir: Path, slot: int, workspace_dir: Path) -> Path:
     """Where slot `slot` lives: WORKSPACE_DIR for 0, DATA_DIR/workspaces/<slot> else."""
     return workspace_dir if slot == 0 else data_dir / SLOTS_DIR / str(slot)
@@ -108,7 +121,7 @@ def prepare_slots(
     data_dir: Path,
     repo_url: str | None,
     branch: str | None,
-) -> list[tuple[Path, str | None, ConfigSnapshot | None]]:
+) -> list[Slot]:
     """Set up every slot at start-up (blocking: run it in a thread).
 
     Slot 0 is made a work tree (cloned from `repo_url`, or `git init`-ed);
@@ -118,10 +131,11 @@ def prepare_slots(
     """
     ensure_workspace(workspace_dir, repo_url=repo_url, branch=branch)
     kept = branch or checked_out_branch(workspace_dir)
-    slots = [(workspace_dir, kept, snapshot_config(workspace_dir))]
+    origin = origin_url(workspace_dir)
+    slots = [Slot(workspace_dir, kept, snapshot_config(workspace_dir), origin is not None)]
     if count == 1:
         return slots
-    remote = repo_url or origin_url(workspace_dir)
+    remote = repo_url or origin
     if remote is None:
         raise WorkspaceError(
             f"MAX_CONCURRENT_RUNS={count} needs a remote the slots share and push to, and "
@@ -135,5 +149,5 @@ def prepare_slots(
         if fresh:
             logger.info("slot %d: cloned into %s", slot, path)
         slot_branch = branch or kept or checked_out_branch(path)
-        slots.append((path, slot_branch, snapshot_config(path)))
+        slots.append(Slot(path, slot_branch, snapshot_config(path), origin_url(path) is not None))
     return slots

@@ -29,21 +29,27 @@ async def sync_workspace(
     branch: str | None = None,
     min_interval_s: float = 0,
     throttle: FetchThrottle | None = None,
+    has_origin: bool | None = None,
 ) -> str | None:
     """Fetch `origin/<branch>` and rebase the workspace onto it, with autostash.
 
     Returns None when the workspace is in sync (or has no `origin`), else a
     one-line error. A failed rebase is aborted: the local state is kept.
+    `has_origin`, when the caller knows it (the config it restores before the
+    sync decides it), saves asking git.
+
+    Up to date, it costs two git processes (the fetch, and a count of what
+    came in); throttled, none.
     """
     git = Git(path, timeout_s)
-    if not await git.ready():
+    state = await git.state()
+    if state is None:
         return NOT_A_REPOSITORY
-    if not await git.has_origin():
+    if not (has_origin if has_origin is not None else await git.has_origin()):
         return None
-    operation = await git.in_progress()
-    if operation is not None:
-        return f"the workspace is in the middle of a {operation}; not syncing"
-    current = await git.current_branch()
+    if state.operation is not None:
+        return f"the workspace is in the middle of a {state.operation}; not syncing"
+    current = state.branch
     name = branch or current
     if name is None or current is None:
         return "the workspace is not on a branch (detached HEAD); not syncing"
@@ -56,4 +62,6 @@ async def sync_workspace(
         return error
     if throttle is not None:
         throttle.mark(path)
+    if not await git.behind(name):
+        return None
     return await git.rebase_onto(name)
