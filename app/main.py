@@ -34,8 +34,10 @@ from app.errors import install_error_handlers
 from app.instance import lock_data_dir, setting_problems
 from app.jobs.backends import instance_id, open_store
 from app.jobs.events import JobEvents
+from app.jobs.webhooks import WebhookSender
 from app.jobs.worker import JobRuntime, Worker
 from app.limits import BodySizeLimit
+from app.schemas.jobs import JobView
 from app.settings import get_settings
 from app.shutdown import shutdown
 from app.telemetry import Telemetry
@@ -151,6 +153,11 @@ async def run_in_workspace(
         max_budget_usd=run.max_budget_usd,
         agent=run.agent,
         resume_session_id=run.resume_session_id,
+        json_schema=run.json_schema,
+        allowed_tools=run.allowed_tools,
+        disallowed_tools=run.disallowed_tools,
+        append_system_prompt=run.append_system_prompt,
+        content=run.content,
     )
     try:
         return await process.run_agent_process(
@@ -161,6 +168,7 @@ async def run_in_workspace(
             spawn=asyncio.create_subprocess_exec,
             on_line=on_line,
             on_start=on_start,
+            max_turns=run.max_turns,
         )
     finally:
         if settings.git_push:
@@ -256,8 +264,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_prompts=settings.log_prompts,
     )
     await worker.recover()
+    webhooks = WebhookSender(
+        store,
+        secret=None
+        if settings.webhook_secret is None
+        else settings.webhook_secret.get_secret_value(),
+        allowed_hosts=settings.webhook_allowed_hosts,
+        render=lambda job: JobView.of(job).model_dump(mode="json"),
+    )
+    worker.on_end(webhooks.wake)
     app.state.pool = pool
     worker.start()
+    webhooks.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: token_registry.reload(get_settings()))
     begun = shutdown.arm()
@@ -277,6 +295,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         begun.set()  # already set when `serve` saw the signal
         await draining
+        await webhooks.stop()
         shutdown.disarm()
         left = await drain(_CLEANUP_GRACE_S)
         if left:

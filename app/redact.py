@@ -45,6 +45,8 @@ def service_secrets(settings: Settings) -> tuple[str, ...]:
     found: list[str | None] = [settings.bearer_token, *registry.current(settings).secrets]
     if settings.database is not None:
         found.append(urlsplit(settings.database).password)
+    if settings.webhook_secret is not None:
+        found.append(settings.webhook_secret.get_secret_value())
     forms = []
     for secret in found:
         if secret is None or len(secret) < MIN_SECRET_CHARS:

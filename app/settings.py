@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -20,6 +21,25 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_FILE = ".env"
 PermissionMode = Literal["acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
+# A tool name or one of the CLI's patterns: Bash, mcp__server__tool, Bash(git:*),
+# Read(./src/**); never an option (it would reach the CLI's argv).
+TOOL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}(\([^()\x00-\x1f]{1,256}\))?$")
+
+
+def webhook_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """Why `url` may not be called back, or None: http(s), a host in the list."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "must be an http:// or https:// URL"
+    if host not in allowed_hosts:
+        return f"names host {host!r}, which is not in WEBHOOK_ALLOWED_HOSTS"
+    return None
+
+
 # How a user gets the pinned CLI (the Makefile's `claude-cli` target).
 CLI_INSTALL_HINT = (
     "install it with `make claude-cli` (the pinned release, into .cache/claude-cli) or "
@@ -150,6 +170,33 @@ class Settings(BaseSettings):
         default=30, gt=0, description="finished jobs older than this are deleted"
     )
 
+    allowed_tools: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="the only tools agents may use (comma-separated; none: the CLI's own set)",
+    )
+    disallowed_tools: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="tools agents may never use (comma-separated)"
+    )
+    append_system_prompt: str | None = Field(
+        default=None, description="text added to every run's system prompt"
+    )
+    job_max_turns: int = Field(
+        default=100, ge=1, le=10_000, description="model turns of one run at most (the default too)"
+    )
+
+    webhook_url: str | None = Field(
+        default=None, description="called (POST) when any job ends; a job may name its own"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="the HMAC-SHA256 key of X-Webhook-Signature"
+    )
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="the only hosts webhooks may call (comma-separated)"
+    )
+    webhook_retry_seconds: float = Field(
+        default=3600, gt=0, description="how long a delivery is retried"
+    )
+
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="json lines, or text; auto: text on a terminal, else json"
     )
@@ -168,12 +215,31 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("supported_models", mode="before")
+    @field_validator(
+        "supported_models",
+        "allowed_tools",
+        "disallowed_tools",
+        "webhook_allowed_hosts",
+        mode="before",
+    )
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("allowed_tools", "disallowed_tools")
+    @classmethod
+    def _tool_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not TOOL_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a tool name or pattern, like Bash(git:*)")
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(host.lower() for host in value)
 
     @field_validator(
         "chat_agent",
@@ -182,6 +248,9 @@ class Settings(BaseSettings):
         "api_bearer_tokens_file",
         "database_url",
         "instance_id",
+        "append_system_prompt",
+        "webhook_url",
+        "webhook_secret",
         mode="before",
     )
     @classmethod
@@ -217,6 +286,16 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,64}", value):
             raise ValueError("must be 1 to 64 letters, digits and _.:@-")
         return value
+
+    @model_validator(mode="after")
+    def _webhooks_can_work(self) -> Settings:
+        if self.webhook_url is not None:
+            problem = webhook_problem(self.webhook_url, self.webhook_allowed_hosts)
+            if problem:
+                raise ValueError(f"WEBHOOK_URL {problem}")
+            if self.webhook_secret is None:
+                raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET, the key of its signatures")
+        return self
 
     @model_validator(mode="after")
     def _default_is_supported(self) -> Settings:

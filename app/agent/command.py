@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.proc import child_environment
 from app.settings import agent_dotenv
@@ -30,11 +33,18 @@ def build_command(
     max_budget_usd: float,
     agent: str | None = None,
     resume_session_id: str | None = None,
+    json_schema: str | None = None,
+    allowed_tools: Sequence[str] = (),
+    disallowed_tools: Sequence[str] = (),
+    append_system_prompt: str | None = None,
+    content: Sequence[Mapping[str, Any]] | None = None,
 ) -> AgentCommand:
     """Build the argv of `claude -p` in stream-json mode for one prompt.
 
-    The options end with `--` so that a variadic option cannot swallow the
-    prompt and a prompt starting with `-` is still a prompt.
+    The options end with `--` so that a variadic option (`--allowedTools`)
+    cannot swallow the prompt and a prompt starting with `-` is still a
+    prompt. With `content` (a user message's blocks: text and images) the
+    prompt goes on stdin as one stream-json message instead.
     """
     argv = [
         claude_bin,
@@ -53,6 +63,18 @@ def build_command(
         argv += ["--agent", agent]
     if resume_session_id:
         argv += ["--resume", resume_session_id]
+    if json_schema is not None:
+        argv += ["--json-schema", json_schema]
+    if append_system_prompt:
+        argv += ["--append-system-prompt", append_system_prompt]
+    if allowed_tools:
+        argv += ["--allowedTools", *allowed_tools]
+    if disallowed_tools:
+        argv += ["--disallowedTools", *disallowed_tools]
+    if content is not None:
+        argv += ["--input-format", "stream-json"]
+        message = {"type": "user", "message": {"role": "user", "content": list(content)}}
+        return AgentCommand(tuple(argv), json.dumps(message).encode() + b"\n")
     argv.append("--")
     encoded = prompt.encode()
     if len(encoded) > MAX_ARGV_PROMPT_BYTES:

@@ -57,6 +57,7 @@ async def run_agent_process(
     spawn: Spawn,
     on_line: OnLine | None = None,
     on_start: OnStart | None = None,
+    max_turns: int | None = None,
 ) -> AgentResult:
     """Run one CLI process to its end and return the outcome.
 
@@ -79,7 +80,7 @@ async def run_agent_process(
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise SpawnError(_spawn_error_text(exc, command.argv[0], cwd)) from exc
 
-    collector = StreamCollector()
+    collector = StreamCollector(max_turns=max_turns)
     stderr = bytearray()
     helpers = [asyncio.create_task(_drain_tail(proc.stderr, stderr))]
     if command.stdin is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.agent.stream import AgentResult, one_line
 
@@ -33,6 +33,15 @@ class AgentRun:
     run_id: str = "run"
     label: str = "run"
     summary: str | None = None
+    json_schema: str | None = None
+    """A JSON Schema (as JSON text) the answer must follow (`--json-schema`)."""
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
+    append_system_prompt: str | None = None
+    max_turns: int | None = None
+    """Model turns at most; the run ends when the agent starts one more."""
+    content: tuple[dict[str, Any], ...] | None = None
+    """The user message as content blocks (text and images): sent as stream-json."""
 
 
 class AgentBusy(Exception):

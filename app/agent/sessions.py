@@ -26,6 +26,16 @@ def project_dir(home: Path, cwd: Path) -> Path:
     return home / ".claude" / "projects" / _NOT_ALNUM.sub("-", str(cwd.resolve()))
 
 
+def find(session_id: str, *, home: Path) -> Path | None:
+    """The newest transcript of `session_id` under `home`, or None."""
+    try:
+        found = list((home / ".claude" / "projects").glob(f"*/{session_id}.jsonl"))
+    except OSError:
+        return None
+    files = [p for p in found if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
 def make_resumable(session_id: str, *, cwd: Path, home: Path) -> bool:
     """Make `session_id`'s transcript visible to a CLI started in `cwd`.
 
@@ -35,14 +45,9 @@ def make_resumable(session_id: str, *, cwd: Path, home: Path) -> bool:
     to refuse (`No conversation found`).
     """
     target = project_dir(home, cwd) / f"{session_id}.jsonl"
-    projects = home / ".claude" / "projects"
-    try:
-        found = [p for p in projects.glob(f"*/{session_id}.jsonl") if p.is_file()]
-    except OSError:
+    newest = find(session_id, home=home)
+    if newest is None:
         return False
-    if not found:
-        return False
-    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
     if newest == target:
         return True
     if target.exists() and target.stat().st_mtime_ns >= newest.stat().st_mtime_ns:

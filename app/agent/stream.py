@@ -177,6 +177,11 @@ class AgentResult:
         return value if isinstance(value, dict) else None
 
     @property
+    def structured_output(self) -> Any:
+        """The JSON the CLI returned for --json-schema (None without one)."""
+        return self._get("structured_output")
+
+    @property
     def permission_denials(self) -> list[Any] | None:
         value = self._get("permission_denials")
         return value if isinstance(value, list) else None
@@ -202,11 +207,17 @@ class StreamCollector:
 
     result: Event | None = None
     fatal: str | None = None
-    """Why the run ends without waiting for a result (see `hopeless_retry`)."""
+    """Why the run ends without waiting for a result (see `hopeless_retry`,
+    and `max_turns`)."""
+    max_turns: int | None = None
+    """Model turns allowed: the run ends when the agent starts one more (the
+    pinned CLI's --help lists no flag for it, so the service counts)."""
+    turns: int = 0
     lines: int = 0
     events: int = 0
     _raw: bytearray = field(default_factory=bytearray)
     _raw_truncated: bool = False
+    _last_turn: str | None = None
 
     def feed(self, line: bytes) -> Event | None:
         """Take one line; return its event, if it is one. Read no more once `done`."""
@@ -217,13 +228,27 @@ class StreamCollector:
             if event["type"] == "result" and self.result is None:
                 self.result = event
             elif self.fatal is None:
-                self.fatal = hopeless_retry(event)
+                self.fatal = hopeless_retry(event) or self._count_turn(event)
         if not self._raw_truncated:
             if len(self._raw) + len(line) > RAW_TEXT_LIMIT_BYTES:
                 self._raw_truncated = True
             else:
                 self._raw += line
         return event
+
+    def _count_turn(self, event: Event) -> str | None:
+        """A new model turn starts with an assistant message of a new id."""
+        if event["type"] != "assistant" or event.get("parent_tool_use_id"):
+            return None  # a subagent's turns are its own
+        message = event.get("message")
+        turn = message.get("id") if isinstance(message, dict) else None
+        if not isinstance(turn, str) or turn == self._last_turn:
+            return None
+        self._last_turn = turn
+        self.turns += 1
+        if self.max_turns is not None and self.turns > self.max_turns:
+            return f"the run reached max_turns ({self.max_turns}); it was ended"
+        return None
 
     @property
     def done(self) -> bool:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.controls import resolve_controls
 from app.api.deps import JobsDep, SettingsDep, resolve_model
 from app.api.routing import StrictJsonRoute
 from app.errors import ServiceError
@@ -22,7 +23,7 @@ from app.jobs.store import IdempotencyConflict, JobStore, QueueFull, StoreUnavai
 from app.jobs.worker import CANCEL_WAIT_S, JobRuntime
 from app.schemas.errors import errors
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
-from app.settings import Settings
+from app.settings import Settings, webhook_problem
 from app.shutdown import SHUTDOWN_MARGIN_S
 
 router = APIRouter(tags=["jobs"], route_class=StrictJsonRoute)
@@ -111,6 +112,7 @@ def new_job(
             "(JOB_TIMEOUT_SECONDS)",
             error="invalid request",
         )
+    options = resolve_controls(body, settings, json_schema=body.json_schema)
     return NewJob(
         prompt=body.prompt,
         model=model,
@@ -123,7 +125,24 @@ def new_job(
         request_hash=_request_hash(body) if idempotency_key is not None else None,
         submitted_by=submitted_by,
         request_id=request_id,
+        options={name: value for name, value in options.items() if value},
+        webhook_url=_webhook_url(body.webhook_url, settings),
     )
+
+
+def _webhook_url(requested: str | None, settings: Settings) -> str | None:
+    """The URL to call when the job ends: the request's (its host allowed) or WEBHOOK_URL."""
+    if requested is None:
+        return settings.webhook_url
+    problem = webhook_problem(requested, settings.webhook_allowed_hosts)
+    if problem is not None:
+        raise ServiceError(f"webhook_url {problem}", error="webhook not allowed")
+    if settings.webhook_secret is None:
+        raise ServiceError(
+            "webhooks are off: the service has no WEBHOOK_SECRET to sign them with",
+            error="webhook not allowed",
+        )
+    return requested
 
 
 async def submit_job(jobs: JobRuntime, settings: Settings, new: NewJob) -> tuple[Job, bool]:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app import metrics
+from app.agent import sessions
+from app.agent.command import current_child_environment
 from app.agent.process import SpawnError
-from app.agent.prompt import chat_prompt
+from app.agent.prompt import chat_prompt, message_images
 from app.agent.run import AgentBusy, AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult, one_line
+from app.api.controls import resolve_controls
 from app.api.deps import RunAgentDep, SettingsDep, resolve_model
 from app.api.routing import StrictJsonRoute
 from app.errors import ExecutionFailed, ServiceError
@@ -27,6 +32,7 @@ from app.schemas.openai import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
+    ChatMessage,
     Choice,
     ModelCard,
     ModelList,
@@ -70,7 +76,12 @@ async def chat_completions(
     if body.n is not None and body.n != 1:
         raise ServiceError("only n=1 is supported", error="invalid request")
     model = resolve_model(body.model, settings)
-    prompt, request_text = chat_prompt(body.messages)
+    session = _session_to_resume(body, request)
+    # A resumed session has the conversation: send only what follows its last answer.
+    messages = _after_last_answer(body.messages) if session else body.messages
+    prompt, request_text = chat_prompt(messages)
+    images = [block for message in messages for block in message_images(message)]
+    schema = body.answer_schema()
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     run = AgentRun(
         prompt=prompt,
@@ -78,9 +89,12 @@ async def chat_completions(
         max_budget_usd=settings.chat_max_budget_usd,
         timeout_s=settings.chat_timeout_seconds,
         agent=settings.chat_agent,
+        resume_session_id=session,
         run_id=completion_id,
         label=f"chat {completion_id}",
         summary=request_text,
+        content=({"type": "text", "text": prompt}, *images) if images else None,
+        **resolve_controls(body, settings, json_schema=schema),
     )
     report = GitReport()
     chat = _Chat(f"chat {completion_id}")
@@ -107,13 +121,18 @@ async def chat_completions(
     if not result.ok:
         error = one_line(redact(result.text)) or "the agent run failed"
         chat.ended("failed", error, result)
+        if session and error.startswith("No conversation found"):
+            raise _unknown_session(session)
         raise ExecutionFailed(error)
     chat.ended("completed", None, result)
+    answer = result.text
+    if schema is not None and result.structured_output is not None:
+        answer = json.dumps(result.structured_output, separators=(",", ":"), ensure_ascii=False)
     completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
         model=model,
-        choices=[Choice(message=AssistantMessage(content=redact(result.text)))],
+        choices=[Choice(message=AssistantMessage(content=redact(answer)))],
         usage=openai_usage(result.usage),
     )
     headers = _accounting_headers(result)
@@ -150,6 +169,50 @@ def _accounting_headers(result: AgentResult) -> dict[str, str]:
     if result.num_turns is not None:
         headers["X-Claude-Num-Turns"] = str(result.num_turns)
     return headers
+
+
+SESSION_HEADER = "x-claude-session-id"
+
+
+def _session_to_resume(body: ChatCompletionRequest, request: Request) -> str | None:
+    """The session the request continues (`session_id` or X-Claude-Session-Id),
+    checked to exist; 400 `unknown session` otherwise."""
+    header = request.headers.get(SESSION_HEADER)
+    given = body.session_id or header
+    if given is None:
+        return None
+    if body.session_id and header and body.session_id != header:
+        raise ServiceError(
+            "session_id and X-Claude-Session-Id name different sessions", error="invalid request"
+        )
+    try:
+        session = str(uuid.UUID(given.strip()))
+    except ValueError:
+        raise ServiceError("a session id is a UUID", error="invalid request") from None
+    home = current_child_environment().get("HOME")
+    if home is None or sessions.find(session, home=Path(home)) is None:
+        raise _unknown_session(session)
+    return session
+
+
+def _unknown_session(session: str) -> ServiceError:
+    return ServiceError(
+        f"no session {session} to resume (it never existed here, or it was removed); "
+        "start a new conversation without a session id",
+        error="unknown session",
+    )
+
+
+def _after_last_answer(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The messages after the last assistant message: what the session lacks."""
+    last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+    rest = messages[last + 1 :]
+    if not any(m.role == "user" for m in rest):
+        raise ServiceError(
+            "no user message after the last assistant message to send the session",
+            error="invalid request",
+        )
+    return rest
 
 
 @dataclass(slots=True)

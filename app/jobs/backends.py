@@ -16,9 +16,10 @@ from app.settings import Settings
 
 async def open_store(settings: Settings) -> JobStore:
     """Open the configured store. Raises DatabaseError."""
+    retry_s = settings.webhook_retry_seconds
     if settings.database is not None:
-        return await PostgresJobStore.open(settings.database)
-    return await SQLiteJobStore.open(settings.data_dir)
+        return await PostgresJobStore.open(settings.database, webhook_retry_s=retry_s)
+    return await SQLiteJobStore.open(settings.data_dir, webhook_retry_s=retry_s)
 
 
 def check_store(settings: Settings) -> None:

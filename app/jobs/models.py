@@ -56,6 +56,24 @@ class NewJob:
     request_hash: str | None = None
     submitted_by: str | None = None
     request_id: str | None = None
+    options: dict[str, Any] | None = None
+    """How the agent runs: allowed_tools, disallowed_tools, append_system_prompt,
+    max_turns, json_schema (as the run takes them)."""
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A webhook call due for a finished job (kept until it is delivered or given up)."""
+
+    id: str
+    job_id: str
+    url: str
+    attempts: int
+    created_at: str
+    give_up_at: str
+    payload: str | None = None
+    """The body, fixed at the first attempt, so every retry sends the same bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,13 @@ class Job:
     """The instance (INSTANCE_ID) that claimed it."""
     request_id: str | None = None
     """The X-Request-ID of the request that submitted it."""
+    options: dict[str, Any] | None = None
+    structured_output: Any = None
+    """The JSON the CLI returned for a json_schema."""
+    webhook_url: str | None = None
+    webhook: dict[str, Any] | None = None
+    """Its webhook delivery: url, attempts, last_status, last_error,
+    delivered_at, next_attempt_at, failed."""
     events_truncated: bool = False
     events_dropped: int = 0
     pgid: int | None = None
@@ -142,3 +167,4 @@ class Outcome:
     exit_code: int | None = None
     stderr_tail: str | None = None
     git: dict[str, Any] | None = None
+    structured_output: Any = None

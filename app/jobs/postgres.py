@@ -30,8 +30,19 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from app.jobs.models import EventState, Job, JobEvent, JobStatus, NewJob, Outcome, iso, utc_now
+from app.jobs.models import (
+    Delivery,
+    EventState,
+    Job,
+    JobEvent,
+    JobStatus,
+    NewJob,
+    Outcome,
+    iso,
+    utc_now,
+)
 from app.jobs.store import (
+    DEFAULT_WEBHOOK_RETRY_S,
     EVENT_PAGE_BYTES,
     IDEMPOTENCY_WINDOW,
     DatabaseError,
@@ -105,7 +116,10 @@ MIGRATIONS: tuple[str, ...] = (
         slot integer,
         instance text,
         lease_expires_at timestamptz,
-        cancel_requested boolean NOT NULL DEFAULT false
+        cancel_requested boolean NOT NULL DEFAULT false,
+        options jsonb,
+        structured_output jsonb,
+        webhook_url text
     );
     CREATE INDEX jobs_queued ON jobs (num) WHERE status = 'queued';
     CREATE INDEX jobs_running ON jobs (instance) WHERE status = 'running';
@@ -130,6 +144,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO queue_depth VALUES (true, 0);
     CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE deliveries (
+        id text PRIMARY KEY,
+        job_id text NOT NULL,
+        url text NOT NULL,
+        created_at text NOT NULL,
+        give_up_at timestamptz NOT NULL,
+        next_attempt_at timestamptz NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        last_status integer,
+        last_error text,
+        delivered_at text,
+        failed boolean NOT NULL DEFAULT false,
+        payload text
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+        WHERE delivered_at IS NULL AND NOT failed;
+    CREATE INDEX deliveries_job ON deliveries (job_id);
     """,
 )
 
@@ -143,15 +174,27 @@ _SESSION_FROM_EVENTS = (
 class PostgresJobStore:
     """Jobs and their events in PostgreSQL, shared by the instances that name it."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], url: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        url: str,
+        webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
+    ) -> None:
         self._pool = pool
         self._url = url
+        self._webhook_retry_s = webhook_retry_s
         self._write_error: str | None = None
         self._listeners: list[Listener] = []
         self._listening: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, url: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> PostgresJobStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+        webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
+    ) -> PostgresJobStore:
         """Connect (bounded), create or migrate the schema once across
         instances, and listen for changes. Raises DatabaseError."""
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -170,7 +213,7 @@ class PostgresJobStore:
         except BaseException:
             await pool.close()
             raise
-        store = cls(pool, url)
+        store = cls(pool, url, webhook_retry_s)
         store._listening = asyncio.create_task(store._listen(), name="job-store-listen")
         return store
 
@@ -273,8 +316,8 @@ class PostgresJobStore:
             await conn.execute(
                 "INSERT INTO jobs (id, status, prompt, agent, model, max_budget_usd, "
                 "timeout_seconds, metadata, resume_session_id, session_id, request_hash, "
-                "submitted_by, request_id, created_at) "
-                "VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "submitted_by, request_id, options, webhook_url, created_at) "
+                "VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job_id,
                     new.prompt,
@@ -288,6 +331,8 @@ class PostgresJobStore:
                     new.request_hash,
                     new.submitted_by,
                     new.request_id,
+                    _json(new.options),
+                    new.webhook_url,
                     now,
                 ),
             )
@@ -311,7 +356,8 @@ class PostgresJobStore:
             if row is None:
                 return None
             position = await _position(conn, row["num"]) if row["status"] == "queued" else None
-            return _job(row, position)
+            webhook = await _webhook(conn, job_id) if row["webhook_url"] else None
+            return _job(row, position, webhook)
 
         return await self._use(get, transaction=False)
 
@@ -334,7 +380,14 @@ class PostgresJobStore:
             rows = rows[:limit]
             queued = [row["num"] for row in rows if row["status"] == "queued"]
             positions = await _positions(conn, queued) if queued else {}
-            jobs = [_job(row, positions.get(row["num"])) for row in rows]
+            jobs = [
+                _job(
+                    row,
+                    positions.get(row["num"]),
+                    await _webhook(conn, row["id"]) if row["webhook_url"] else None,
+                )
+                for row in rows
+            ]
             return jobs, (jobs[-1].num if more else None)
 
         return await self._use(page, transaction=False)
@@ -489,14 +542,16 @@ class PostgresJobStore:
         await self._use(append)
 
     async def finish(self, job_id: str, outcome: Outcome, *, owner: str) -> bool:
+        retry_s = self._webhook_retry_s
+
         async def finish(conn: Conn) -> bool:
             now = utc_now()
             updated = await conn.execute(
                 "UPDATE jobs SET status = %s, finished_at = %s, result = %s, is_error = %s, "
                 "error = %s, session_id = COALESCE(%s, session_id), total_cost_usd = %s, "
                 "num_turns = %s, duration_ms = %s, usage = %s, permission_denials = %s, "
-                "exit_code = %s, stderr_tail = %s, git = %s, lease_expires_at = NULL "
-                "WHERE id = %s AND status = 'running' AND instance = %s",
+                "exit_code = %s, stderr_tail = %s, git = %s, structured_output = %s, "
+                "lease_expires_at = NULL WHERE id = %s AND status = 'running' AND instance = %s",
                 (
                     outcome.status.value,
                     now,
@@ -512,18 +567,23 @@ class PostgresJobStore:
                     outcome.exit_code,
                     outcome.stderr_tail,
                     _json(outcome.git),
+                    _json(outcome.structured_output),
                     job_id,
                     owner,
                 ),
             )
             if not updated.rowcount:
                 return False
-            await _status_event(conn, job_id, outcome.status, now, outcome.error)
+            await _status_event(
+                conn, job_id, outcome.status, now, outcome.error, webhook_retry_s=retry_s
+            )
             return True
 
         return await self._use(finish)
 
     async def cancel_queued(self, job_id: str) -> bool:
+        retry_s = self._webhook_retry_s
+
         async def cancel(conn: Conn) -> bool:
             now = utc_now()
             error = "cancelled before it started"
@@ -535,7 +595,9 @@ class PostgresJobStore:
             if not updated.rowcount:
                 return False
             await conn.execute("UPDATE queue_depth SET queued = queued - 1")
-            await _status_event(conn, job_id, JobStatus.CANCELLED, now, error)
+            await _status_event(
+                conn, job_id, JobStatus.CANCELLED, now, error, webhook_retry_s=retry_s
+            )
             return True
 
         return await self._use(cancel)
@@ -577,6 +639,8 @@ class PostgresJobStore:
         return await self._interrupt(error, where, (except_owner,))
 
     async def _interrupt(self, error: str, where: str, args: tuple[Any, ...]) -> list[Job]:
+        retry_s = self._webhook_retry_s
+
         async def interrupt(conn: Conn) -> list[dict[str, Any]]:
             now = utc_now()
             rows = await (
@@ -588,11 +652,60 @@ class PostgresJobStore:
                 )
             ).fetchall()
             for row in rows:
-                await _status_event(conn, row["id"], JobStatus.INTERRUPTED, now, error)
+                await _status_event(
+                    conn, row["id"], JobStatus.INTERRUPTED, now, error, webhook_retry_s=retry_s
+                )
             return rows
 
         rows = await self._use(interrupt)
         return [_job(row, None) for row in rows]
+
+    # -- webhook deliveries --------------------------------------------------
+
+    async def due_deliveries(self, *, limit: int, hold_s: float) -> list[Delivery]:
+        async def claim(conn: Conn) -> list[dict[str, Any]]:
+            return await (
+                await conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => %s) "
+                    "WHERE id IN ("
+                    "  SELECT id FROM deliveries WHERE delivered_at IS NULL AND NOT failed "
+                    "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT %s "
+                    "  FOR UPDATE SKIP LOCKED"
+                    ") RETURNING id, job_id, url, attempts, created_at, give_up_at, payload",
+                    (hold_s, limit),
+                )
+            ).fetchall()
+
+        rows = await self._use(claim)
+        return [Delivery(**{**row, "give_up_at": iso(row["give_up_at"])}) for row in rows]
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        payload: str,
+        status: int | None,
+        error: str | None,
+        delivered: bool,
+        retry_at: str | None,
+    ) -> None:
+        async def record(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, payload = %s, "
+                "last_status = %s, last_error = %s, delivered_at = %s, failed = %s, "
+                "next_attempt_at = COALESCE(%s::timestamptz, next_attempt_at) WHERE id = %s",
+                (
+                    payload,
+                    status,
+                    error,
+                    utc_now() if delivered else None,
+                    not delivered and retry_at is None,
+                    retry_at,
+                    delivery_id,
+                ),
+            )
+
+        await self._use(record)
 
     async def prune(self, older_than: timedelta) -> int:
         async def prune(conn: Conn) -> int:
@@ -611,6 +724,7 @@ class PostgresJobStore:
             ids = [row["id"] for row in rows]
             if ids:
                 await conn.execute("DELETE FROM events WHERE job_id = ANY(%s)", (ids,))
+                await conn.execute("DELETE FROM deliveries WHERE job_id = ANY(%s)", (ids,))
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - %s",
                 (IDEMPOTENCY_WINDOW,),
@@ -661,14 +775,28 @@ async def _claim_key(conn: Conn, new: NewJob, job_id: str) -> str | None:
 
 
 async def _status_event(
-    conn: Conn, job_id: str, status: JobStatus, at: str, error: str | None = None
+    conn: Conn,
+    job_id: str,
+    status: JobStatus,
+    at: str,
+    error: str | None = None,
+    *,
+    webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
 ) -> None:
-    """Append a status event (the job's row is locked by the caller's update)."""
+    """Append a status event (the job's row is locked by the caller's update);
+    a final one makes the job's webhook due, in the same transaction."""
     await conn.execute(
         "INSERT INTO events SELECT %s, COALESCE(MAX(seq), 0) + 1, 'status', %s "
         "FROM events WHERE job_id = %s",
         (job_id, status_event(job_id, status, at, error), job_id),
     )
+    if status.terminal:
+        await conn.execute(
+            "INSERT INTO deliveries (id, job_id, url, created_at, give_up_at, next_attempt_at) "
+            "SELECT %s, id, webhook_url, %s, now() + make_interval(secs => %s), now() "
+            "FROM jobs WHERE id = %s AND webhook_url IS NOT NULL",
+            (str(uuid.uuid4()), at, webhook_retry_s, job_id),
+        )
     await _notify(conn, CHANGED, job_id)
 
 
@@ -748,10 +876,28 @@ async def _migrate(url: str, timeout_s: float) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
-def _job(row: dict[str, Any], queue_position: int | None) -> Job:
+def _job(
+    row: dict[str, Any], queue_position: int | None, webhook: dict[str, Any] | None = None
+) -> Job:
     fields = {key: value for key, value in row.items() if key in _JOB_FIELDS}
     fields["status"] = JobStatus(fields["status"])
-    return Job(**fields, queue_position=queue_position)
+    return Job(**fields, queue_position=queue_position, webhook=webhook)
+
+
+async def _webhook(conn: Conn, job_id: str) -> dict[str, Any] | None:
+    """The job's latest webhook delivery, as GET /jobs/{id} shows it."""
+    row = await (
+        await conn.execute(
+            "SELECT url, attempts, last_status, last_error, delivered_at, next_attempt_at, "
+            "failed FROM deliveries WHERE job_id = %s ORDER BY created_at DESC LIMIT 1",
+            (job_id,),
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    done = row["delivered_at"] is not None or row["failed"]
+    row["next_attempt_at"] = None if done else iso(row["next_attempt_at"])
+    return row
 
 
 def _json(value: Any) -> Jsonb | None:

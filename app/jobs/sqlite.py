@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.jobs.models import (
+    Delivery,
     EventState,
     Job,
     JobEvent,
@@ -29,6 +30,7 @@ from app.jobs.models import (
     utc_now,
 )
 from app.jobs.store import (
+    DEFAULT_WEBHOOK_RETRY_S,
     EVENT_PAGE_BYTES,
     IDEMPOTENCY_WINDOW,
     DatabaseError,
@@ -119,23 +121,57 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO counters SELECT 'queued', COUNT(*) FROM jobs WHERE status = 'queued';
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN options TEXT;
+    ALTER TABLE jobs ADD COLUMN structured_output TEXT;
+    ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        give_up_at TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_status INTEGER,
+        last_error TEXT,
+        delivered_at TEXT,
+        failed INTEGER NOT NULL DEFAULT 0,
+        payload TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+        WHERE delivered_at IS NULL AND failed = 0;
+    CREATE INDEX deliveries_job ON deliveries (job_id);
+    """,
 )
 
-_JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git")
+_JSON_COLUMNS = ("metadata", "usage", "permission_denials", "git", "options", "structured_output")
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 
 
 class SQLiteJobStore:
     """Jobs and their events in `DATA_DIR/jobs.sqlite3`. Open with `open`; close when done."""
 
-    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+        webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
+    ) -> None:
         self._conn = conn
         self._executor = executor
+        self._webhook_retry_s = webhook_retry_s
         self._write_error: str | None = None
         self._listeners: list[Listener] = []
 
     @classmethod
-    async def open(cls, data_dir: Path, *, check: bool = False) -> SQLiteJobStore:
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        check: bool = False,
+        webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
+    ) -> SQLiteJobStore:
         """Open (creating or migrating) the database; with `check`, verify its
         integrity first. Raises DatabaseError."""
         executor = ThreadPoolExecutor(1, thread_name_prefix="job-store")
@@ -145,7 +181,7 @@ class SQLiteJobStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(conn, executor)
+        return cls(conn, executor, webhook_retry_s)
 
     @property
     def write_error(self) -> str | None:
@@ -222,8 +258,8 @@ class SQLiteJobStore:
             self._conn.execute(
                 "INSERT INTO jobs (id, status, prompt, agent, model, max_budget_usd, "
                 "timeout_seconds, metadata, resume_session_id, session_id, idempotency_key, "
-                "request_hash, submitted_by, request_id, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request_hash, submitted_by, request_id, options, webhook_url, created_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     new.prompt,
@@ -238,6 +274,8 @@ class SQLiteJobStore:
                     new.request_hash,
                     new.submitted_by,
                     new.request_id,
+                    _dump(new.options),
+                    new.webhook_url,
                     now,
                 ),
             )
@@ -254,7 +292,8 @@ class SQLiteJobStore:
         if found is None:
             return None
         position = self._position(found["num"]) if found["status"] == JobStatus.QUEUED else None
-        return _job(found, position)
+        webhook = self._webhook(job_id) if found["webhook_url"] is not None else None
+        return _job(found, position, webhook)
 
     def _position(self, num: int) -> int:
         """Queued jobs ahead of job `num`, counted on whichever side of it is
@@ -309,7 +348,10 @@ class SQLiteJobStore:
                 (min(nums), max(nums)),
             ).fetchall()
             position = {num: ahead + i for i, (num,) in enumerate(between)}
-        jobs = [_job(r, position.get(r["num"])) for r in found]
+        jobs = [
+            _job(r, position.get(r["num"]), self._webhook(r["id"]) if r["webhook_url"] else None)
+            for r in found
+        ]
         return jobs, (jobs[-1].num if more else None)
 
     async def status(self, job_id: str) -> JobStatus | None:
@@ -457,7 +499,7 @@ class SQLiteJobStore:
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, is_error = ?, "
                 "error = ?, session_id = COALESCE(?, session_id), total_cost_usd = ?, "
                 "num_turns = ?, duration_ms = ?, usage = ?, permission_denials = ?, "
-                "exit_code = ?, stderr_tail = ?, git = ? "
+                "exit_code = ?, stderr_tail = ?, git = ?, structured_output = ? "
                 "WHERE id = ? AND status = 'running' AND instance = ?",
                 (
                     outcome.status.value,
@@ -474,6 +516,7 @@ class SQLiteJobStore:
                     outcome.exit_code,
                     outcome.stderr_tail,
                     _dump(outcome.git),
+                    _dump(outcome.structured_output),
                     job_id,
                     owner,
                 ),
@@ -572,6 +615,7 @@ class SQLiteJobStore:
             ]
             for job_id in ids:
                 self._conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                self._conn.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
                 self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             return len(ids)
 
@@ -590,6 +634,72 @@ class SQLiteJobStore:
             "INSERT INTO events VALUES (?, ?, 'status', ?)",
             (job_id, self._last_seq(job_id) + 1, status_event(job_id, status, at, error)),
         )
+        if status.terminal:  # its webhook is due, stored with the end itself
+            self._conn.execute(
+                "INSERT INTO deliveries (id, job_id, url, created_at, give_up_at, "
+                "next_attempt_at) SELECT ?, id, webhook_url, ?, ?, ? FROM jobs "
+                "WHERE id = ? AND webhook_url IS NOT NULL",
+                (str(uuid.uuid4()), at, _after(self._webhook_retry_s), at, job_id),
+            )
+
+    def _webhook(self, job_id: str) -> dict[str, Any] | None:
+        found = self._conn.execute(
+            "SELECT url, attempts, last_status, last_error, delivered_at, next_attempt_at, "
+            "failed FROM deliveries WHERE job_id = ? ORDER BY created_at DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        if found is None:
+            return None
+        webhook = dict(found)
+        webhook["failed"] = bool(webhook["failed"])
+        if webhook["delivered_at"] or webhook["failed"]:
+            webhook["next_attempt_at"] = None
+        return webhook
+
+    # -- webhook deliveries --------------------------------------------------
+
+    async def due_deliveries(self, *, limit: int, hold_s: float) -> list[Delivery]:
+        def claim() -> list[Delivery]:
+            with _transaction(self._conn):
+                rows = self._conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = ? WHERE id IN ("
+                    "  SELECT id FROM deliveries WHERE delivered_at IS NULL AND failed = 0 "
+                    "  AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+                    ") RETURNING id, job_id, url, attempts, created_at, give_up_at, payload",
+                    (_after(hold_s), utc_now(), limit),
+                ).fetchall()
+            return [Delivery(**dict(row)) for row in rows]
+
+        return await self._write(claim)
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        payload: str,
+        status: int | None,
+        error: str | None,
+        delivered: bool,
+        retry_at: str | None,
+    ) -> None:
+        def record() -> None:
+            with _transaction(self._conn):
+                self._conn.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, payload = ?, "
+                    "last_status = ?, last_error = ?, delivered_at = ?, failed = ?, "
+                    "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ?",
+                    (
+                        payload,
+                        status,
+                        error,
+                        utc_now() if delivered else None,
+                        not delivered and retry_at is None,
+                        retry_at,
+                        delivery_id,
+                    ),
+                )
+
+        await self._write(record)
 
 
 class _transaction:
@@ -703,7 +813,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
 
 
-def _job(found: sqlite3.Row, queue_position: int | None) -> Job:
+def _job(
+    found: sqlite3.Row, queue_position: int | None, webhook: dict[str, Any] | None = None
+) -> Job:
     row = {key: value for key, value in dict(found).items() if key in _JOB_FIELDS}
     for column in _JSON_COLUMNS:
         if row.get(column) is not None:
@@ -712,7 +824,7 @@ def _job(found: sqlite3.Row, queue_position: int | None) -> Job:
         row["is_error"] = bool(row["is_error"])
     row["status"] = JobStatus(row["status"])
     row["events_truncated"] = bool(row["events_truncated"])
-    return Job(**row, queue_position=queue_position)
+    return Job(**row, queue_position=queue_position, webhook=webhook)
 
 
 def _after(seconds: float) -> str:

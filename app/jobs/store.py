@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any, Literal, Protocol
 
 from app.errors import ServiceError
-from app.jobs.models import EventState, Job, JobEvent, JobStatus, NewJob, Outcome
+from app.jobs.models import Delivery, EventState, Job, JobEvent, JobStatus, NewJob, Outcome
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # An event page held for one stream: rows up to about this much data.
 EVENT_PAGE_BYTES = 256 * 1024
+# How long a webhook delivery is retried (WEBHOOK_RETRY_SECONDS).
+DEFAULT_WEBHOOK_RETRY_S = 3600.0
 # What a client is told to wait when the store cannot write.
 STORE_RETRY_AFTER_S = 30
 
@@ -193,6 +195,29 @@ class JobStore(Protocol):
 
     async def prune(self, older_than: timedelta) -> int:
         """Delete finished jobs (and their events) that finished before now - `older_than`."""
+        ...
+
+    # -- webhook deliveries --------------------------------------------------
+    # A job with a webhook_url gets a delivery with its final status event (in
+    # the same transaction): stored before the first attempt, so never lost.
+
+    async def due_deliveries(self, *, limit: int, hold_s: float) -> list[Delivery]:
+        """Take deliveries whose next attempt is due, for `hold_s` (no other
+        instance takes them meanwhile)."""
+        ...
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        payload: str,
+        status: int | None,
+        error: str | None,
+        delivered: bool,
+        retry_at: str | None,
+    ) -> None:
+        """Record an attempt: delivered; or to retry at `retry_at`; or, with
+        neither, given up."""
         ...
 
 

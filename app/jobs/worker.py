@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -90,6 +90,7 @@ def outcome_of(result: AgentResult, timeout_s: float) -> Outcome:
         permission_denials=result.permission_denials,
         exit_code=result.exit_code,
         stderr_tail=redact(result.stderr_tail) or None,
+        structured_output=result.structured_output,
     )
 
 
@@ -148,6 +149,7 @@ class Worker:
         self._runs: set[asyncio.Task[None]] = set()
         self._recorded: dict[str, asyncio.Event] = {}
         self._sinks: set[EventSink] = set()
+        self._on_end: list[Callable[[], None]] = []
         self._leases: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._runs_cancels: set[asyncio.Task[bool]] = set()
@@ -176,6 +178,10 @@ class Worker:
             if _still_ours(job, this_boot) and job.pgid and await kill_group_by_id(job.pgid):
                 logger.warning("killed process group %d left by job %s", job.pgid, job.id)
             self._hub.notify(job.id)
+
+    def on_end(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a job's end is recorded here."""
+        self._on_end.append(listener)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="job-worker")
@@ -403,6 +409,7 @@ class Worker:
         )
         self._hub.attach(job_id, sink)
         self._sinks.add(sink)
+        options = job.options or {}
         run = AgentRun(
             prompt=job.prompt,
             model=job.model,
@@ -412,6 +419,11 @@ class Worker:
             resume_session_id=job.resume_session_id,
             run_id=job_id,
             label=f"job {job_id}",
+            json_schema=options.get("json_schema"),
+            allowed_tools=tuple(options.get("allowed_tools") or ()),
+            disallowed_tools=tuple(options.get("disallowed_tools") or ()),
+            append_system_prompt=options.get("append_system_prompt"),
+            max_turns=options.get("max_turns"),
         )
         report = GitReport()
         current_boot = boot_id()
@@ -504,6 +516,8 @@ class Worker:
                 error = f"{_UNSTORABLE}{exc}"
                 final = Outcome(status=JobStatus.FAILED, is_error=True, error=error)
         self._hub.notify(job_id)
+        for listener in self._on_end:
+            listener()
         log_end(f"job {job_id}", final.status, redact(final.error or ""), final.total_cost_usd)
         metrics.count_run(
             "job",

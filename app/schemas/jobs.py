@@ -9,15 +9,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from app.agent.prompt import text_problem
 from app.jobs.models import Job, JobStatus
+from app.schemas.controls import AgentControls, schema_problem
+from app.text import text_problem
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/-]{0,127}$")
 
 
-class ExecuteRequest(BaseModel):
+class ExecuteRequest(AgentControls):
     """`POST /execute`: a prompt for the agent and the limits of its run."""
 
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +30,18 @@ class ExecuteRequest(BaseModel):
     timeout_seconds: Annotated[float, Field(strict=True, ge=1)] | None = None
     metadata: dict[str, Any] | None = None
     session_id: StrictStr | None = None
+    json_schema: dict[str, Any] | None = None
+    """A JSON Schema the answer must follow; the job's `structured_output` holds it."""
+    webhook_url: StrictStr | None = Field(default=None, max_length=2048)
+    """Called (POST, the job's JSON) when the job ends; its host must be allowed."""
+
+    @field_validator("json_schema")
+    @classmethod
+    def _a_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if value is None else schema_problem(value)
+        if problem:
+            raise ValueError(f"json_schema {problem}")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -94,6 +107,18 @@ class JobAccepted(BaseModel):
     queue_position: int | None
 
 
+class WebhookView(BaseModel):
+    """A job's webhook delivery."""
+
+    url: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    delivered_at: str | None
+    next_attempt_at: str | None
+    failed: bool
+
+
 class JobView(BaseModel):
     """A job as `GET /jobs/{job_id}` shows it; null where not known yet."""
 
@@ -125,15 +150,40 @@ class JobView(BaseModel):
     instance: str | None
     submitted_by: str | None
     request_id: str | None
+    allowed_tools: list[str] | None
+    disallowed_tools: list[str] | None
+    max_turns: int | None
+    json_schema: dict[str, Any] | None
+    structured_output: Any
+    webhook_url: str | None
+    webhook: WebhookView | None
     events_truncated: bool
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        return cls.model_validate({"job_id": job.id, **_fields(job)})
+        return cls.model_validate({"job_id": job.id, **_fields(job), **_options(job)})
+
+
+_OPTIONS = ("allowed_tools", "disallowed_tools", "max_turns", "json_schema")
 
 
 def _fields(job: Job) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in JobView.model_fields if name != "job_id"}
+    return {
+        name: getattr(job, name)
+        for name in JobView.model_fields
+        if name != "job_id" and name not in _OPTIONS
+    }
+
+
+def _options(job: Job) -> dict[str, Any]:
+    """The run's controls, as the request named them (allowed_tools ...)."""
+    options = job.options or {}
+    shown: dict[str, Any] = {name: options.get(name) for name in _OPTIONS}
+    if isinstance(shown["json_schema"], str):
+        shown["json_schema"] = json.loads(shown["json_schema"])
+    for name in ("allowed_tools", "disallowed_tools"):
+        shown[name] = list(shown[name]) if shown[name] else None
+    return shown
 
 
 class JobList(BaseModel):

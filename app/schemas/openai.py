@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.errors import ServiceError
+from app.schemas.controls import AgentControls, schema_problem
+
 
 class ChatMessage(BaseModel):
     """One message; `content` is a string or a list of content parts."""
@@ -17,8 +20,14 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields we act on; every other OpenAI field is accepted and ignored."""
+class ChatCompletionRequest(AgentControls):
+    """The fields we act on; every other OpenAI field is accepted and ignored.
+
+    Besides OpenAI's: `session_id` (resume that session; or the
+    X-Claude-Session-Id header) and the agent controls (allowed_tools,
+    disallowed_tools, append_system_prompt, max_turns), which the openai SDK
+    sends with `extra_body`.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -27,6 +36,30 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     n: int | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
+    session_id: str | None = None
+
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema `response_format` asks for (None: free text); raises 400."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"type": "object"}
+        if kind != "json_schema":
+            raise ServiceError(
+                f"response_format type {kind!r} is not supported: text, json_object or json_schema",
+                error="invalid request",
+            )
+        spec = (self.response_format or {}).get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise ServiceError(
+                f"response_format.json_schema.schema {problem}", error="invalid request"
+            )
+        assert isinstance(schema, dict)
+        return schema
 
 
 class PromptTokensDetails(BaseModel):

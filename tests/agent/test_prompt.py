@@ -1,6 +1,8 @@
+import base64
+
 import pytest
 
-from app.agent.prompt import chat_prompt
+from app.agent.prompt import chat_prompt, message_images
 from app.errors import ServiceError
 from app.schemas.openai import ChatMessage
 
@@ -47,11 +49,49 @@ def test_text_parts_are_joined() -> None:
 
 
 def test_other_parts_are_refused_as_unsupported_content() -> None:
-    parts = [{"type": "image_url", "image_url": {"url": "data:..."}}]
+    parts = [{"type": "input_audio", "input_audio": {"data": "...", "format": "wav"}}]
     with pytest.raises(ServiceError) as err:
         chat_prompt(msgs(("user", parts)))
     assert err.value.error == "unsupported content"
-    assert "image_url" in str(err.value.detail)
+    assert "only text and image_url are" in str(err.value.detail)
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+
+
+def test_a_data_url_image_becomes_an_image_block() -> None:
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+    ]
+    (message,) = msgs(("user", parts))
+    assert chat_prompt([message])[1] == "what is this?"
+    assert message_images(message) == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    ]
+    only_image = msgs(("user", parts[1:]))
+    assert chat_prompt(only_image)[1] == "(see the image)"
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "words"),
+    [
+        ("https://example.com/cat.png", "unsupported content", "does not fetch remote images"),
+        (f"data:image/svg+xml;base64,{PNG}", "unsupported content", "image/webp"),
+        ("data:image/png,not-base64-marked", "unsupported content", "base64 data"),
+        ("data:image/png;base64,@@@", "invalid request", "not valid base64"),
+        (
+            "data:image/png;base64," + base64.b64encode(b"x" * (5 * 2**20 + 1)).decode(),
+            "invalid request",
+            "at most 5242880 bytes",
+        ),
+    ],
+)
+def test_images_the_service_will_not_send_are_refused(url: str, error: str, words: str) -> None:
+    (message,) = msgs(("user", [{"type": "image_url", "image_url": {"url": url}}]))
+    with pytest.raises(ServiceError) as err:
+        message_images(message)
+    assert err.value.error == error and words in str(err.value.detail)
 
 
 @pytest.mark.parametrize(

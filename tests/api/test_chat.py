@@ -12,22 +12,11 @@ import httpx
 import pytest
 
 from app import main as app_main
-from app.main import app
 from app.shutdown import shutdown
+from tests.api.conftest import chat
 from tests.conftest import TOKEN, group_members, read_log
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def client(settings_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
-
-
-def chat(content: object, **extra: object) -> dict[str, object]:
-    return {"model": "haiku", "messages": [{"role": "user", "content": content}], **extra}
 
 
 async def test_the_answer_usage_and_accounting_headers_come_from_the_result(

@@ -8,6 +8,8 @@ Without the CLI these tests are skipped with the reason; with REQUIRE_REAL_CLI=1
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import uuid
@@ -352,3 +354,101 @@ def test_a_session_made_in_one_slot_resumes_in_another(
     assert "Remember: the password is swordfish." in " ".join(user_texts(request))
     assert "Noted: the password is swordfish." in assistant_texts(request)
     assert "What was the password?" in user_texts(request)[-1]
+
+
+def test_a_chat_session_resumes_with_only_the_new_message(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    server = served[0]
+    api.script([{"text": "Noted: the code word is heron."}, {"text": "It was heron."}])
+    sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=TOKEN, max_retries=0)
+    first = sdk.chat.completions.with_raw_response.create(
+        model="haiku", messages=[{"role": "user", "content": "Remember the code word heron."}]
+    )
+    session = first.headers["X-Claude-Session-Id"]
+    conversation = [
+        {"role": "user", "content": "Remember the code word heron."},
+        {"role": "assistant", "content": first.parse().choices[0].message.content},
+        {"role": "user", "content": "Which code word?"},
+    ]
+    second = sdk.chat.completions.create(
+        model="haiku", messages=conversation, extra_body={"session_id": session}
+    )
+    assert second.choices[0].message.content == "It was heron."
+    request = api.message_requests[1]
+    texts = user_texts(request)
+    assert any("Remember the code word heron." in t for t in texts)  # the session's history
+    assert "Noted: the code word is heron." in assistant_texts(request)
+    assert texts[-1] == "Which code word?"  # only the new message was sent
+    assert sum("Remember the code word heron." in t for t in texts) == 1  # not sent again
+    with pytest.raises(openai.BadRequestError) as unknown:
+        sdk.chat.completions.create(
+            model="haiku", messages=conversation, extra_body={"session_id": str(uuid.uuid4())}
+        )
+    assert unknown.value.response.json()["error"] == "unknown session"
+
+
+def test_structured_output_is_what_the_api_returned(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "year": {"type": "integer"}},
+        "required": ["name", "year"],
+    }
+    answer = {"name": "Ada Lovelace", "year": 1843}
+    step = {"tool_use": {"name": "StructuredOutput", "input": answer}}
+    api.script([step, {"text": "done"}])
+    with served[0].client() as client:
+        job = wait_for(client, submit(client, "Who wrote the first program?", json_schema=schema))
+        assert job["status"] == "completed", job
+        assert job["structured_output"] == answer
+        api.script([step, {"text": "done"}])
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "haiku",
+                "messages": [{"role": "user", "content": "Who wrote the first program?"}],
+                "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+            },
+        )
+    assert chat.status_code == 200, chat.text
+    assert json.loads(chat.json()["choices"][0]["message"]["content"]) == answer
+    tools = [t["name"] for t in api.message_requests[0]["body"]["tools"]]
+    assert "StructuredOutput" in tools
+
+
+def test_an_image_reaches_the_api_as_an_image_block(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    png = base64.b64encode(PIXEL_PNG).decode()
+    api.script([{"text": "A single pixel."}])
+    picture = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+    remote_picture = {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
+    question = {"type": "text", "text": "What is in this picture?"}
+    with served[0].client() as client:
+        chat, remote = (
+            client.post(
+                "/v1/chat/completions",
+                json={"model": "haiku", "messages": [{"role": "user", "content": parts}]},
+            )
+            for parts in ([question, picture], [remote_picture])
+        )
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["content"] == "A single pixel."
+    (request,) = api.message_requests
+    blocks = [b for m in request["body"]["messages"] if m["role"] == "user" for b in m["content"]]
+    images = [b for b in blocks if isinstance(b, dict) and b.get("type") == "image"]
+    assert images and images[0]["source"] == {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": png,
+    }
+    assert remote.status_code == 400 and remote.json()["error"] == "unsupported content"
+
+
+# A 1x1 transparent PNG.
+PIXEL_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c636000010000050001e2b0d7b30000000049454e44ae426082"
+)

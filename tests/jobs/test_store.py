@@ -282,6 +282,73 @@ async def test_the_queue_depth_and_the_cost_since_a_moment(backend: Backend) -> 
     assert await store.cost_since("2999-01-01T00:00:00.000000Z") == 0.0
 
 
+async def test_a_job_that_ends_makes_its_webhook_due_until_it_is_delivered(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    hooked, _ = await store.submit(new(webhook_url="http://hooks.test/a"), max_queued=9)
+    plain, _ = await store.submit(new(), max_queued=9)
+    assert await store.due_deliveries(limit=10, hold_s=60) == []  # nothing ended yet
+    await claim(store)
+    await store.finish(hooked.id, Outcome(status=JobStatus.COMPLETED), owner=OWNER)
+    assert await store.cancel_queued(plain.id)  # ends too, but names no webhook
+
+    (due,) = await store.due_deliveries(limit=10, hold_s=60)
+    assert (due.job_id, due.url, due.attempts, due.payload) == (
+        hooked.id,
+        "http://hooks.test/a",
+        0,
+        None,
+    )
+    assert await store.due_deliveries(limit=10, hold_s=60) == []  # held for its attempt
+
+    await store.record_attempt(
+        due.id,
+        payload='{"job_id": 1}',
+        status=503,
+        error="answered 503",
+        delivered=False,
+        retry_at="2000-01-01T00:00:00.000000Z",  # due again at once
+    )
+    webhook = (await store.get(hooked.id)).webhook  # type: ignore[union-attr]
+    assert webhook is not None
+    assert (webhook["attempts"], webhook["last_status"], webhook["failed"]) == (1, 503, False)
+    assert webhook["delivered_at"] is None and webhook["next_attempt_at"] is not None
+
+    (again,) = await store.due_deliveries(limit=10, hold_s=60)
+    assert (again.id, again.attempts, again.payload) == (due.id, 1, '{"job_id": 1}')
+    await store.record_attempt(
+        due.id, payload=again.payload, status=200, error=None, delivered=True, retry_at=None
+    )
+    webhook = (await store.get(hooked.id)).webhook  # type: ignore[union-attr]
+    assert webhook is not None
+    assert (webhook["attempts"], webhook["last_status"], webhook["failed"]) == (2, 200, False)
+    assert webhook["delivered_at"] is not None and webhook["next_attempt_at"] is None
+    assert (await store.get(plain.id)).webhook is None  # type: ignore[union-attr]
+    # delivered: not taken again, however long ago its last attempt was due
+    await backend.raw("UPDATE deliveries SET next_attempt_at = '2000-01-01T00:00:00.000000Z'")
+    assert await store.due_deliveries(limit=10, hold_s=60) == []
+
+
+async def test_a_delivery_given_up_is_failed_and_never_due_again(backend: Backend) -> None:
+    store = backend.store
+    job, _ = await store.submit(new(webhook_url="http://hooks.test/b"), max_queued=9)
+    await store.cancel_queued(job.id)
+    (due,) = await store.due_deliveries(limit=10, hold_s=0)
+    await store.record_attempt(
+        due.id, payload="{}", status=404, error="answered 404", delivered=False, retry_at=None
+    )
+    webhook = (await store.get(job.id)).webhook  # type: ignore[union-attr]
+    assert webhook is not None
+    assert (webhook["failed"], webhook["last_status"], webhook["next_attempt_at"]) == (
+        True,
+        404,
+        None,
+    )
+    await backend.raw("UPDATE deliveries SET next_attempt_at = '2000-01-01T00:00:00.000000Z'")
+    assert await store.due_deliveries(limit=10, hold_s=0) == []
+
+
 # -- SQLite ------------------------------------------------------------------------------
 
 
