@@ -143,7 +143,8 @@ def test_a_slot_cannot_see_or_break_another_slots_work(
     with three.client() as client:
         writer = submit(client, f"writer @fake:write=secret.txt @fake:wait_for={gate}/writer")
         writer_cwd = Path(started(tmp_path, "writer")[0]["cwd"])
-        assert (writer_cwd / "secret.txt").exists()  # uncommitted, while it waits
+        # The fake logs its start before it writes: wait for the file, uncommitted.
+        wait_until(lambda: (writer_cwd / "secret.txt").exists(), "the writer's file")
         reader = wait_for(client, submit(client, "reader @fake:read=secret.txt"))
         assert reader["status"] == "failed"  # the file is not there to read
         assert Path(calls(tmp_path, "reader")[0]["cwd"]) != writer_cwd
