@@ -1,5 +1,3 @@
-"""Benchmarks of a real service process: memory under a flood of CLI output,
-and the overhead of a chat completion over a direct run of the CLI.
-
-Run with `make bench` (or `python -m bench [--json]`); see BENCHMARKS.md.
-"""
+"""The benchmark suite: real service processes measured against baselines run
+in the same loop, interleaved (`make bench`, `python -m bench [--only NAME]
+[--json]`); BENCHMARKS.md has the figures and how each is taken."""

@@ -1,320 +1,243 @@
-"""`python -m bench [--json]`: run every benchmark against a real server, report."""
+"""`python -m bench [--only NAME ...] [--json] [--loadgen auto|wrk|python]`:
+run the benchmarks against real service processes and report (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
-import statistics
+import os
+import platform
 import subprocess
 import sys
-import threading
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from bench.core import Report, loadavg, log, table
+from bench.server import ROOT
 
-from bench.server import FAKE_CLAUDE, Server, memory_kib, running_server
 
-FLOOD_SIZES_MB = (20, 200)
-LONG_LINE_SIZES_MIB = (1, 8)
-HEALTH_PROBE_S = 0.05
-JOB_TIMEOUT_S = 300.0
-POLL_S = 0.2
-SAMPLE_S = 0.1
+@dataclass(frozen=True)
+class Options:
+    """What the command line says about how to measure."""
+
+    loadgen: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its name for --only, what it measures, how to run it."""
+
+    name: str
+    title: str
+    run: Callable[[Options], Report]
+
+
+def _chat_real(options: Options) -> Report:
+    from bench.chat import bench_chat_real
+
+    return bench_chat_real()
+
+
+def _sync(options: Options) -> Report:
+    from bench.sync import bench_sync
+
+    return bench_sync()
+
+
+def _http_rps(options: Options) -> Report:
+    from bench.http_rate import bench_http_rps
+
+    return bench_http_rps(options.loadgen)
+
+
+def _sse_latency(options: Options) -> Report:
+    from bench.sse import bench_sse_latency
+
+    return bench_sse_latency()
+
+
+def _queue_depth(options: Options) -> Report:
+    from bench.queue_depth import bench_queue_depth
+
+    return bench_queue_depth()
+
+
+def _header_flood(options: Options) -> Report:
+    from bench.header_flood import bench_header_flood
+
+    return bench_header_flood()
+
+
+def _parallel(options: Options) -> Report:
+    from bench.parallel import bench_parallel
+
+    return bench_parallel()
+
+
+def _instances(options: Options) -> Report:
+    from bench.instances import bench_instances
+
+    return bench_instances()
+
+
+def _flood(options: Options) -> Report:
+    from bench.memory import bench_flood
+
+    return bench_flood()
+
+
+def _long_line(options: Options) -> Report:
+    from bench.memory import bench_long_line
+
+    return bench_long_line()
+
+
+BENCHMARKS = (
+    Benchmark("sync", "13.2 git sync vs fetch + rebase", _sync),
+    Benchmark("http_rps", "13.3/13.4 GET /health and GET /jobs/{id} req/s", _http_rps),
+    Benchmark("sse_latency", "13.5 CLI line -> SSE client latency", _sse_latency),
+    Benchmark("queue_depth", "13.6/13.7/11 latency at 10,000 queued vs 100", _queue_depth),
+    Benchmark("header_flood", "9 oversized heads without a token", _header_flood),
+    Benchmark("parallel", "10 8 jobs of 2 s with MAX_CONCURRENT_RUNS 1, 2, 4", _parallel),
+    Benchmark("instances", "11 jobs/s claimed by 1, 2, 4 instances on PostgreSQL", _instances),
+    Benchmark("chat_real", "13.1 chat overhead over the bare real CLI", _chat_real),
+    Benchmark("flood", "memory under a flood of CLI output (20, 200 MiB)", _flood),
+    Benchmark("long_line", "event-loop stalls on long CLI lines (1, 8 MiB)", _long_line),
+)
+
+
+def machine() -> dict[str, str]:
+    """Where and when: CPU, cores, memory, kernel, Python, date, commit, load."""
+
+    def first(path: str, key: str) -> str:
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    def command(*argv: str) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+        return done.stdout.strip() or "?"
+
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "nproc": str(os.cpu_count()),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": command("date", "-u"),
+        "commit": command("git", "rev-parse", "--short", "HEAD"),
+        # (command() says "?" for an empty answer: no changes)
+        "git_status": "clean" if command("git", "status", "--porcelain") == "?" else "dirty",
+        "loadavg": " ".join(f"{x:.2f}" for x in loadavg()),
+    }
+
+
 SETTLE_S = 1.0
-CHAT_RUNS = 20
-CHAT_BODY = {"model": "haiku", "messages": [{"role": "user", "content": "hi"}]}
-CLI_ARGV = ("-p", "--output-format", "stream-json", "--verbose", "--model", "haiku", "--", "hi")
-TERMINAL = {"completed", "failed", "timeout", "cancelled", "interrupted"}
-MIB = 2**20
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def settle() -> None:
+    """Let the machine finish what the last benchmark left it (dirty pages of
+    deleted databases, exiting processes) before the next one measures."""
+    os.sync()
+    time.sleep(SETTLE_S)
 
 
-class RssSampler:
-    """Samples a process's VmRSS every `SAMPLE_S` on a thread; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.peak_kib = 0
-        self.samples = 0
-
-    def _run(self) -> None:
-        while True:
-            try:
-                rss = memory_kib(self._pid)["VmRSS"]
-            except (OSError, KeyError):
-                return  # the process is gone
-            self.peak_kib = max(self.peak_kib, rss)
-            self.samples += 1
-            if self._stop.wait(SAMPLE_S):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def run_job(http: httpx.Client, prompt: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
-    """Submit a job and poll it (bounded) until its status is terminal."""
-    response = http.post("/execute", json={"prompt": prompt})
-    response.raise_for_status()
-    job_id = response.json()["job_id"]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = http.get(f"/jobs/{job_id}").raise_for_status().json()
-        if job["status"] in TERMINAL:
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:g} s")
-        time.sleep(POLL_S)
-
-
-def cli_output_bytes(prompt: str, timeout_s: float = 120.0) -> tuple[int, float]:
-    """Bytes the fake CLI prints for `prompt` when run directly, and how long it takes."""
-    argv = [str(FAKE_CLAUDE), *CLI_ARGV[:-1], prompt]
+def run_one(bench: Benchmark, options: Options) -> dict[str, Any]:
+    """Run one benchmark; a failure becomes its error, never the end of the run."""
+    settle()
+    log(f"{bench.name}: {bench.title} ...")
+    before = loadavg()
     start = time.monotonic()
-    total = 0
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read(MIB):
-            total += len(chunk)
-            if time.monotonic() - start > timeout_s:
-                proc.kill()
-                raise TimeoutError(f"the fake CLI ran over {timeout_s:g} s")
-        proc.wait(timeout_s)
-    return total, time.monotonic() - start
-
-
-def db_mib(data_dir: Path) -> dict[str, float]:
-    sizes = {}
-    for name in ("jobs.sqlite3", "jobs.sqlite3-wal"):
-        path = data_dir / name
-        sizes[name] = round(path.stat().st_size / MIB, 2) if path.exists() else 0.0
-    return sizes
-
-
-def bench_flood(size_mb: int) -> dict[str, Any]:
-    prompt = f"@fake:flood={size_mb}"
-    cli_bytes, cli_s = cli_output_bytes(prompt)
-    with running_server() as server, server.client() as http:
-        warm = run_job(http, "warm up", timeout_s=60)
-        if warm["status"] != "completed":
-            raise RuntimeError(f"the warm-up job ended {warm['status']}: {warm['error']}")
-        time.sleep(SETTLE_S)
-        before = memory_kib(server.pid)
-        start = time.monotonic()
-        with RssSampler(server.pid) as sampler:
-            job = run_job(http, prompt)
-        wall_s = time.monotonic() - start
-        time.sleep(SETTLE_S)
-        after = memory_kib(server.pid)
-        return {
-            "flood_mb": size_mb,
-            "cli_output_mib": round(cli_bytes / MIB, 1),
-            "cli_direct_s": round(cli_s, 2),
-            "rss_before_mib": round(before["VmRSS"] / 1024, 1),
-            "rss_peak_mib": round(sampler.peak_kib / 1024, 1),
-            "rss_after_mib": round(after["VmRSS"] / 1024, 1),
-            "hwm_after_mib": round(after["VmHWM"] / 1024, 1),
-            "rss_samples": sampler.samples,
-            "wall_s": round(wall_s, 2),
-            "mib_per_s": round(cli_bytes / MIB / wall_s, 1),
-            "status": job["status"],
-            "error": job["error"],
-            "events_truncated": job["events_truncated"],
-            "db_mib": db_mib(server.data_dir),
-        }
-
-
-class HealthProber:
-    """GETs /health every `HEALTH_PROBE_S` on a thread, timing each answer: how
-    long the server's event loop was kept from serving anyone else."""
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.latencies: list[float] = []
-
-    def _run(self) -> None:
-        with self._server.client() as http:
-            while not self._stop.is_set():
-                start = time.monotonic()
-                try:
-                    http.get("/health", timeout=120).raise_for_status()
-                except httpx.HTTPError:
-                    return
-                self.latencies.append(time.monotonic() - start)
-                self._stop.wait(HEALTH_PROBE_S)
-
-    def __enter__(self) -> HealthProber:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(130)
-
-
-def bench_long_line(size_mib: int) -> dict[str, Any]:
-    """One job whose CLI prints a single line of `size_mib` MiB, with /health
-    probed all along."""
-    prompt = f"@fake:huge_line={size_mib * MIB}"
-    with running_server() as server, server.client() as http:
-        run_job(http, "warm up", timeout_s=60)
-        start = time.monotonic()
-        with HealthProber(server) as prober:
-            job = run_job(http, prompt)
-        wall_s = time.monotonic() - start
-    return {
-        "line_mib": size_mib,
-        "wall_s": round(wall_s, 2),
-        "status": job["status"],
-        "health_probes": len(prober.latencies),
-        "health": latency_ms(prober.latencies) if prober.latencies else None,
-    }
-
-
-def latency_ms(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[math.ceil(0.95 * len(ordered)) - 1]  # nearest rank
-    return {
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p95_ms": round(p95 * 1000, 1),
-        "min_ms": round(ordered[0] * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
-
-
-def chat_once(http: httpx.Client) -> float:
-    start = time.monotonic()
-    response = http.post("/v1/chat/completions", json=CHAT_BODY)
-    elapsed = time.monotonic() - start
-    if response.status_code != 200:
-        raise RuntimeError(f"chat completion answered {response.status_code}: {response.text}")
-    return elapsed
-
-
-def cli_once() -> float:
-    start = time.monotonic()
-    subprocess.run([str(FAKE_CLAUDE), *CLI_ARGV], capture_output=True, check=True, timeout=30)
-    return time.monotonic() - start
-
-
-def bench_chat(server: Server) -> dict[str, Any]:
-    with server.client() as http:
-        chat_once(http)  # warm-up, not counted
-        service = [chat_once(http) for _ in range(CHAT_RUNS)]
-    cli_once()  # warm-up, not counted
-    direct = [cli_once() for _ in range(CHAT_RUNS)]
-    service_stats, direct_stats = latency_ms(service), latency_ms(direct)
-    return {
-        "runs": CHAT_RUNS,
-        "service": service_stats,
-        "direct_cli": direct_stats,
-        "overhead_median_ms": round(service_stats["median_ms"] - direct_stats["median_ms"], 1),
-        "overhead_p95_ms": round(service_stats["p95_ms"] - direct_stats["p95_ms"], 1),
-    }
-
-
-def run_all() -> dict[str, Any]:
-    results: dict[str, Any] = {"flood": [], "long_line": [], "chat": None, "errors": []}
-    for size in FLOOD_SIZES_MB:
-        log(f"flood={size}: running ...")
-        try:
-            results["flood"].append(bench_flood(size))
-        except Exception as exc:
-            results["errors"].append(f"flood={size}: {exc}")
-    for size in LONG_LINE_SIZES_MIB:
-        log(f"one line of {size} MiB: running ...")
-        try:
-            results["long_line"].append(bench_long_line(size))
-        except Exception as exc:
-            results["errors"].append(f"long line {size} MiB: {exc}")
-    log(f"chat: {CHAT_RUNS} completions and {CHAT_RUNS} direct CLI runs ...")
     try:
-        with running_server() as server:
-            results["chat"] = bench_chat(server)
+        report = bench.run(options)
     except Exception as exc:
-        results["errors"].append(f"chat: {exc}")
-    return results
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        traceback.print_exc(file=sys.stderr)
+        report = Report(errors=[f"{type(exc).__name__}: {exc}"])
+    wall_s = time.monotonic() - start
+    after = loadavg()
+    log(f"{bench.name}: done in {wall_s:.1f} s{' with errors' if report.errors else ''}")
+    return {
+        "name": bench.name,
+        "title": bench.title,
+        "wall_s": round(wall_s, 1),
+        "loadavg_before": before,
+        "loadavg_after": after,
+        "data": report.data,
+        "tables": report.tables,
+        "notes": report.notes,
+        "goals": [dataclasses.asdict(g) | {"verdict": g.verdict} for g in report.goals],
+        "errors": report.errors,
+    }
 
 
 def render(results: dict[str, Any]) -> str:
-    parts = []
-    floods: list[dict[str, Any]] = results["flood"]
-    if floods:
-        fields: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-            ("CLI output (MiB)", lambda r: f"{r['cli_output_mib']}"),
-            ("fake CLI alone, to a pipe (s)", lambda r: f"{r['cli_direct_s']}"),
-            ("server RSS before (MiB)", lambda r: f"{r['rss_before_mib']}"),
-            ("server RSS peak, 100 ms samples (MiB)", lambda r: f"{r['rss_peak_mib']}"),
-            ("server VmHWM after (MiB)", lambda r: f"{r['hwm_after_mib']}"),
-            ("server RSS after (MiB)", lambda r: f"{r['rss_after_mib']}"),
-            ("wall time, submit to terminal (s)", lambda r: f"{r['wall_s']}"),
-            ("CLI output processed (MiB/s)", lambda r: f"{r['mib_per_s']}"),
-            ("job status", lambda r: r["status"]),
-            ("events_truncated", lambda r: str(r["events_truncated"]).lower()),
-            ("jobs.sqlite3 (MiB)", lambda r: f"{r['db_mib']['jobs.sqlite3']}"),
-            ("jobs.sqlite3-wal (MiB)", lambda r: f"{r['db_mib']['jobs.sqlite3-wal']}"),
-        ]
-        rows = [("job memory", *(f"flood={r['flood_mb']}" for r in floods))]
-        rows += [(name, *(get(r) for r in floods)) for name, get in fields]
-        parts.append(table(rows))
-    long_lines: list[dict[str, Any]] = results["long_line"]
-    if long_lines:
-        probe_keys = ("median_ms", "p95_ms", "max_ms")
-        rows = [("one CLI line of", "job wall (s)", "probes", "/health median", "p95", "max (ms)")]
-        for r in long_lines:
-            health = r["health"] or {}
-            probes = (str(health.get(k, "-")) for k in probe_keys)
-            rows.append(
-                (f"{r['line_mib']} MiB", str(r["wall_s"]), str(r["health_probes"]), *probes)
-            )
-        parts.append(table(rows))
-    chat = results["chat"]
-    if chat:
-        keys = ("median_ms", "p95_ms", "min_ms", "max_ms")
-        rows = [(f"latency of {chat['runs']} sequential runs (ms)", "median", "p95", "min", "max")]
-        rows.append(("POST /v1/chat/completions", *(str(chat["service"][k]) for k in keys)))
-        rows.append(("fake CLI, direct", *(str(chat["direct_cli"][k]) for k in keys)))
-        overhead = (str(chat["overhead_median_ms"]), str(chat["overhead_p95_ms"]), "", "")
-        rows.append(("difference (service overhead)", *overhead))
-        parts.append(table(rows))
-    for error in results["errors"]:
-        parts.append(f"ERROR {error}")
+    """The report for people: machine, each benchmark's tables, the goals."""
+    m = results["machine"]
+    parts = [
+        f"machine: {m['cpu']}, nproc {m['nproc']}, MemTotal {m['memory']}, "
+        f"kernel {m['kernel']}, Python {m['python']}\n"
+        f"date: {m['date']}; commit {m['commit']} (work tree {m['git_status']}); "
+        f"load generator: {results['loadgen']}"
+    ]
+    for r in results["benchmarks"]:
+        load = (
+            f"load {' '.join(f'{x:.2f}' for x in r['loadavg_before'])} -> "
+            f"{' '.join(f'{x:.2f}' for x in r['loadavg_after'])}"
+        )
+        lines = [f"== {r['name']}: {r['title']} ({r['wall_s']} s; {load})"]
+        lines += [f"\n{t}" for t in r["tables"]]
+        lines += [f"note: {n}" for n in r["notes"]]
+        lines += [f"ERROR {e}" for e in r["errors"]]
+        parts.append("\n".join(lines))
+    goals = [g for r in results["benchmarks"] for g in r["goals"]]
+    if goals:
+        rows = [("goal", "measured", "target", "verdict")]
+        rows += [(g["figure"], g["measured"], g["target"], g["verdict"]) for g in goals]
+        parts.append("== goals\n\n" + table(rows))
+    parts.append(f"total wall time {results['wall_s']} s; errors: {results['errors']}")
     return "\n\n".join(parts)
 
 
 def main() -> int:
+    """Parse the command line, run the chosen benchmarks, print the report."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    names = [b.name for b in BENCHMARKS]
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=names,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(names)}",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="the request-rate load generator (auto: wrk if installed, else Python)",
+    )
     args = parser.parse_args()
-    results = run_all()
+    from bench.loadgen import which_tool
+
+    options = Options(loadgen=which_tool(args.loadgen))
+    chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    start = time.monotonic()
+    results: dict[str, Any] = {"machine": machine(), "loadgen": options.loadgen}
+    results["benchmarks"] = [run_one(b, options) for b in chosen]
+    results["wall_s"] = round(time.monotonic() - start, 1)
+    results["errors"] = sum(len(r["errors"]) for r in results["benchmarks"])
     print(json.dumps(results, indent=2) if args.json else render(results))
     return 1 if results["errors"] else 0
 
