@@ -12,7 +12,8 @@ from app.errors import ServiceError
 class BodySizeLimit:
     """Answer 413 before the app reads a body larger than the limit.
 
-    A declared `Content-Length` is checked at once (the server enforces it);
+    A request that declares neither has no body and passes untouched. A
+    declared `Content-Length` is checked at once (the server enforces it);
     a chunked body, or one that declares both, is read up to the limit and
     replayed to the app.
     """
@@ -25,8 +26,12 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = dict(scope.get("headers", ()))
+        if b"transfer-encoding" not in headers and b"content-length" not in headers:
+            await self.app(scope, receive, send)  # HTTP/1.1: no body (a GET, say)
+            return
         limit = self.max_bytes()
-        declared = _declared_length(scope)
+        declared = _declared_length(headers)
         if declared is not None:
             if declared > limit:
                 await self._refuse(scope, receive, send, limit)
@@ -62,9 +67,8 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def _declared_length(scope: Scope) -> int | None:
+def _declared_length(headers: dict[bytes, bytes]) -> int | None:
     """Content-Length, when it alone frames the body (no Transfer-Encoding)."""
-    headers = dict(scope.get("headers", ()))
     if b"transfer-encoding" in headers:
         return None
     try:

@@ -27,6 +27,7 @@ from app.agent.run import AgentBusy, AgentRun, SyncFailed
 from app.agent.stream import AgentResult
 from app.aio import complete_even_if_cancelled, drain
 from app.api import api_router
+from app.api.fast import FastReads
 from app.api.openapi import METRICS_OPEN, OPEN_PATHS, OPEN_PREFIXES, install_openapi
 from app.auth import BearerAuth
 from app.auth import registry as token_registry
@@ -314,6 +315,9 @@ app = FastAPI(
     lifespan=lifespan,
     docs_url=None,
     redoc_url=None,
+    # FastAPI's own OpenTelemetry looks up the global providers on every request
+    # (about 10 µs); the service's telemetry is its Prometheus metrics and logs.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
 )
 app.state.run_agent = run_agent
 app.state.workspace_pool = workspace_pool
@@ -321,6 +325,7 @@ metrics.watch_workspaces(lambda: workspace_pool().in_use, lambda: len(workspace_
 install_error_handlers(app)
 app.include_router(api_router)
 install_openapi(app)
+app.add_middleware(FastReads)  # innermost: /health and /jobs/{id} without the routing
 app.add_middleware(BodySizeLimit, max_bytes=lambda: get_settings().max_request_bytes)
 app.add_middleware(  # refuse strangers before reading anything
     BearerAuth,

@@ -106,6 +106,8 @@ def test_log_lines_are_json_with_request_ids_and_never_a_token(
             job = wait_for(client, response.json()["job_id"])
             insane = client.get("/health", headers={"X-Request-ID": "x" * 200})
             assert len(insane.headers["X-Request-ID"]) == 32  # replaced by a new one
+            probe = client.get("/health", headers={"X-Request-ID": "probe-1"})
+            assert probe.status_code == 200 and probe.headers["X-Request-ID"] == "probe-1"
         refused = httpx.get(f"{server.base_url}/jobs", headers={"Authorization": f"Bearer {wrong}"})
         assert refused.status_code == 401 and refused.headers["X-Request-ID"]
     finally:
@@ -120,6 +122,9 @@ def test_log_lines_are_json_with_request_ids_and_never_a_token(
     )
     assert submitted["route"] == "/execute" and submitted["status"] == 202
     assert submitted["token"] == "default" and submitted["duration_ms"] >= 0
+    assert not any(line.get("request_id") == "probe-1" for line in lines)  # a probe: DEBUG
+    refusal = next(line for line in lines if line.get("status") == 401)
+    assert refusal["logger"] == "app.access" and refusal["level"] == "info"
     ran = [line for line in lines if line.get("job_id") == job["job_id"]]
     assert any(line["logger"] == "app.runs" for line in ran)
     assert TOKEN not in server.log() and wrong not in server.log()
@@ -141,7 +146,7 @@ def test_a_bare_uvicorn_logs_the_same_way(service_env: dict[str, str], tmp_path:
     log = (tmp_path / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-        env={**os.environ, **service_env},
+        env={**os.environ, **service_env, "LOG_LEVEL": "DEBUG"},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
@@ -156,6 +161,11 @@ def test_a_bare_uvicorn_logs_the_same_way(service_env: dict[str, str], tmp_path:
 
         wait_until(answers, "uvicorn serves", timeout_s=30)
         httpx.get(f"http://127.0.0.1:{port}/health", headers={"X-Request-ID": "bare-1"})
+        models = httpx.get(
+            f"http://127.0.0.1:{port}/v1/models",
+            headers={"X-Request-ID": "bare-2", "Authorization": f"Bearer {TOKEN}"},
+        )
+        assert models.status_code == 200
     finally:
         proc.terminate()
         proc.wait(30)
@@ -165,4 +175,7 @@ def test_a_bare_uvicorn_logs_the_same_way(service_env: dict[str, str], tmp_path:
         for x in (tmp_path / "uvicorn.log").read_text().splitlines()
         if x.startswith("{")
     ]
-    assert any(line.get("request_id") == "bare-1" and line["route"] == "/health" for line in lines)
+    by_id = {line.get("request_id"): line for line in lines if line["logger"] == "app.access"}
+    # a successful probe of /health is logged at DEBUG, any other request at INFO
+    assert (by_id["bare-1"]["route"], by_id["bare-1"]["level"]) == ("/health", "debug")
+    assert (by_id["bare-2"]["route"], by_id["bare-2"]["level"]) == ("/v1/models", "info")

@@ -13,6 +13,7 @@ from app.api.routing import StrictJsonRoute
 from app.doctor import readiness
 from app.jobs.worker import JobRuntime
 from app.schemas.health import CheckView, Health, NotReady, Readiness
+from app.workspace.pool import WorkspacePool
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
@@ -21,7 +22,11 @@ router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 @router.head("/health", response_model=Health, operation_id="health_head")
 async def health(request: Request, workspaces: WorkspacesDep) -> Health:
     """Whether the service is up, and whether its job store takes writes."""
-    jobs: JobRuntime | None = getattr(request.app.state, "jobs", None)
+    return health_of(getattr(request.app.state, "jobs", None), workspaces)
+
+
+def health_of(jobs: JobRuntime | None, workspaces: WorkspacePool) -> Health:
+    """The answer of `/health` (the route and the fast lane, app/api/fast.py)."""
     store_error = jobs.store.write_error if jobs is not None else None
     return Health(
         status="ok" if store_error is None else "degraded",

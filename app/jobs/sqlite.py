@@ -3,6 +3,12 @@
 Every call runs on a single dedicated thread, so there is one writer and each
 method is one explicit transaction. WAL mode lets readers in other processes
 (backups, `sqlite3` at a shell) look without blocking it.
+
+One read takes a shortcut: `get` (a job by its id: `GET /jobs/{id}`, what
+pollers ask most) reads on the event loop through a second, query-only
+connection that never waits for a lock, in one read transaction (one
+snapshot). A handful of index lookups cost less than the hop to the store
+thread; anything that would wait (a lock, a busy file) goes the usual way.
 """
 
 from __future__ import annotations
@@ -157,9 +163,11 @@ class SQLiteJobStore:
         conn: sqlite3.Connection,
         executor: ThreadPoolExecutor,
         webhook_retry_s: float = DEFAULT_WEBHOOK_RETRY_S,
+        reader: sqlite3.Connection | None = None,
     ) -> None:
         self._conn = conn
         self._executor = executor
+        self._reader = reader  # the event loop's own, for `get`
         self._webhook_retry_s = webhook_retry_s
         self._write_error: str | None = None
         self._listeners: list[Listener] = []
@@ -181,7 +189,7 @@ class SQLiteJobStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(conn, executor, webhook_retry_s)
+        return cls(conn, executor, webhook_retry_s, reader=_reader(data_dir / DATABASE_NAME))
 
     @property
     def write_error(self) -> str | None:
@@ -200,6 +208,9 @@ class SQLiteJobStore:
             listener(notice, job_id)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         await self._run(self._conn.close)
         self._executor.shutdown(wait=True)
 
@@ -285,37 +296,55 @@ class SQLiteJobStore:
             return job, True
 
     async def get(self, job_id: str) -> Job | None:
+        reader = self._reader
+        if reader is not None:
+            try:
+                reader.execute("BEGIN")  # one snapshot for the few reads below
+                try:
+                    return self._get(job_id, reader)
+                finally:
+                    reader.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass  # it would wait (locked, busy): the store thread may
         return await self._run(self._get, job_id)
 
-    def _get(self, job_id: str) -> Job | None:
-        found = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _get(self, job_id: str, conn: sqlite3.Connection | None = None) -> Job | None:
+        conn = conn or self._conn
+        found = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             return None
-        position = self._position(found["num"]) if found["status"] == JobStatus.QUEUED else None
-        webhook = self._webhook(job_id) if found["webhook_url"] is not None else None
+        queued = found["status"] == JobStatus.QUEUED
+        position = self._position(found["num"], conn) if queued else None
+        webhook = self._webhook(job_id, conn) if found["webhook_url"] is not None else None
         return _job(found, position, webhook)
 
-    def _position(self, num: int) -> int:
+    def _position(self, num: int, conn: sqlite3.Connection | None = None) -> int:
         """Queued jobs ahead of job `num`, counted on whichever side of it is
         shorter (a count over 10,000 index entries is what a page cannot afford)."""
-        total = self._queued()
-        first, last = self._conn.execute(
-            "SELECT MIN(num), MAX(num) FROM jobs WHERE status = 'queued'"
+        conn = conn or self._conn
+        total = self._queued(conn)
+        # Two subqueries: SQLite finds a lone MIN or MAX in the index at once,
+        # but scans every queued row for `SELECT MIN(num), MAX(num)`.
+        first, last = conn.execute(
+            "SELECT (SELECT MIN(num) FROM jobs WHERE status = 'queued'), "
+            "(SELECT MAX(num) FROM jobs WHERE status = 'queued')"
         ).fetchone()
         if first is None or num - first <= last - num:
-            (ahead,) = self._conn.execute(
+            (ahead,) = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num < ?", (num,)
             ).fetchone()
             return int(ahead)
-        (behind,) = self._conn.execute(
+        (behind,) = conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND num > ?", (num,)
         ).fetchone()
         return total - 1 - int(behind)
 
-    def _queued(self) -> int:
-        (queued,) = self._conn.execute(
-            "SELECT value FROM counters WHERE name = 'queued'"
-        ).fetchone()
+    def _queued(self, conn: sqlite3.Connection | None = None) -> int:
+        (queued,) = (
+            (conn or self._conn)
+            .execute("SELECT value FROM counters WHERE name = 'queued'")
+            .fetchone()
+        )
         return int(queued)
 
     async def list_jobs(
@@ -642,12 +671,18 @@ class SQLiteJobStore:
                 (str(uuid.uuid4()), at, _after(self._webhook_retry_s), at, job_id),
             )
 
-    def _webhook(self, job_id: str) -> dict[str, Any] | None:
-        found = self._conn.execute(
-            "SELECT url, attempts, last_status, last_error, delivered_at, next_attempt_at, "
-            "failed FROM deliveries WHERE job_id = ? ORDER BY created_at DESC LIMIT 1",
-            (job_id,),
-        ).fetchone()
+    def _webhook(
+        self, job_id: str, conn: sqlite3.Connection | None = None
+    ) -> dict[str, Any] | None:
+        found = (
+            (conn or self._conn)
+            .execute(
+                "SELECT url, attempts, last_status, last_error, delivered_at, next_attempt_at, "
+                "failed FROM deliveries WHERE job_id = ? ORDER BY created_at DESC LIMIT 1",
+                (job_id,),
+            )
+            .fetchone()
+        )
         if found is None:
             return None
         webhook = dict(found)
@@ -736,6 +771,18 @@ def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
     return True
 
 
+def _reader(path: Path) -> sqlite3.Connection | None:
+    """A query-only connection for the event loop that never waits for a lock
+    (None if it cannot be had: the store thread then reads everything)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error:
+        return None
+    return conn
+
+
 def connect(path: Path, check: bool = False) -> sqlite3.Connection:
     """Open the database at `path`, migrated; with `check`, refuse a damaged one.
 
@@ -816,7 +863,8 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 def _job(
     found: sqlite3.Row, queue_position: int | None, webhook: dict[str, Any] | None = None
 ) -> Job:
-    row = {key: value for key, value in dict(found).items() if key in _JOB_FIELDS}
+    # zip, not dict(found): a Row finds each key by a scan of its columns
+    row = {key: value for key, value in zip(found.keys(), found, strict=True) if key in _JOB_FIELDS}
     for column in _JSON_COLUMNS:
         if row.get(column) is not None:
             row[column] = json.loads(row[column])

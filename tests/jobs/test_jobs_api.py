@@ -137,6 +137,36 @@ def test_half_an_emoji_in_the_cli_output_is_stored_not_a_stuck_job(client: httpx
     assert chat.json()["choices"][0]["message"]["content"] == "cut: \ufffd"
 
 
+def test_a_job_read_by_id_is_the_job_the_list_shows(client: httpx.Client, tmp_path: Path) -> None:
+    """`GET /jobs/{id}` and `/health` skip the framework (app/api/fast.py); the
+    routed list must show each job exactly as its own read does."""
+    gate = tmp_path / "go"
+    blocker = submit(client, f"@fake:wait_for={gate}")
+    wait_for(client, blocker, {"running"})
+    queued = [submit(client, f"queued {i}") for i in range(2)]
+
+    def compare(job_ids: list[str]) -> list[dict[str, object]]:
+        listed = {j["job_id"]: j for j in client.get("/jobs", params={"limit": 3}).json()["jobs"]}
+        read = [client.get(f"/jobs/{job_id}") for job_id in job_ids]
+        assert all(r.headers["content-type"] == "application/json" for r in read)
+        assert [r.json() for r in read] == [listed[job_id] for job_id in job_ids]
+        return [r.json() for r in read]
+
+    waiting = compare(queued)
+    assert [j["queue_position"] for j in waiting] == [0, 1]
+    gate.touch()
+    for job_id in [blocker, *queued]:
+        wait_for(client, job_id)
+    done = compare([blocker, *queued])
+    assert [j["status"] for j in done] == ["completed"] * 3
+    health = client.get("/health")
+    assert health.headers["content-type"] == "application/json"
+    assert health.json()["status"] == "ok" and health.json()["busy"] is False
+    head = client.head("/health")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == health.headers["content-length"]
+
+
 def test_chat_completions_get_503_while_a_job_runs(client: httpx.Client) -> None:
     job_id = submit(client, "@fake:sleep=1.5")
     wait_for(client, job_id, {"running"})
