@@ -27,7 +27,8 @@ _CREDENTIALS = re.compile(r"(?<=[A-Za-z0-9+.-]://)[A-Za-z0-9._~%!$&'()*+,;=:@-]+
 MIN_SECRET_CHARS = 6
 MASK = "***"
 
-_cache: tuple[Settings | None, tuple[str, ...]] = (None, ())
+# the secrets, for the settings and the tokens in force (a SIGHUP replaces the tokens)
+_cache: tuple[object, object, tuple[str, ...]] = (None, None, ())
 
 
 def redact(text: str) -> str:
@@ -65,6 +66,7 @@ def _secrets() -> tuple[str, ...]:
         settings = get_settings()
     except ValidationError:
         return ()
-    if _cache[0] is not settings:
-        _cache = (settings, service_secrets(settings))
-    return _cache[1]
+    tokens = registry.current(settings)
+    if _cache[0] is not settings or _cache[1] is not tokens:
+        _cache = (settings, tokens, service_secrets(settings))
+    return _cache[2]

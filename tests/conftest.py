@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from app import main as app_main
+from app.cli import ExitCode
 from app.settings import get_settings
 
 # The throwaway PostgreSQL server and a database per test (postgres_url).
@@ -232,7 +233,7 @@ def _start_once(env: Mapping[str, str | None], log_path: Path, cwd: Path | None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            if "address already in use" in server.log():
+            if proc.returncode == ExitCode.ADDRESS:  # the port was taken meanwhile
                 return None
             raise RuntimeError(f"server exited {proc.returncode}:\n{server.log()}")
         try:

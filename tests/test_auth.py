@@ -74,7 +74,9 @@ def test_named_tokens_submit_jobs_under_their_name_and_reload_on_sighup(
             server.proc.send_signal(signal.SIGHUP)
             with as_(server.base_url, CAROL) as carol:
                 wait_until(lambda: carol.get("/jobs").status_code == 200, "carol is let in")
-                assert wait_for(carol, submit(carol, "x"))["submitted_by"] == "carol"
+                job = wait_for(carol, submit(carol, f"@fake:say=key_{CAROL}"))
+                assert job["submitted_by"] == "carol"
+                assert job["result"] == "key ***"  # a token added by SIGHUP is a secret too
             assert bob.get("/jobs").status_code == 401
             assert alice.get("/jobs").status_code == 200
             tokens.write_text("broken line\n")  # a bad file keeps the tokens in force

@@ -173,7 +173,7 @@ async def submit_job(jobs: JobRuntime, settings: Settings, new: NewJob) -> tuple
     return job, created
 
 
-@router.get("/jobs", response_model=JobList, responses=errors(400, 401, 422))
+@router.get("/jobs", response_model=JobList, responses=errors(400, 401, 422, 503))
 async def list_jobs(
     jobs: JobsDep,
     status: str | None = None,
@@ -203,7 +203,7 @@ async def list_jobs(
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, responses=errors(401, 404))
+@router.get("/jobs/{job_id}", response_model=JobView, responses=errors(401, 404, 503))
 async def get_job(job_id: str, jobs: JobsDep) -> JobView:
     return JobView.of(await _get(jobs.store, job_id))
 
@@ -237,6 +237,11 @@ async def cancel(jobs: JobRuntime, job_id: str) -> Job:
         return job
     if status.terminal:  # it ended on its own before the cancel reached it
         raise _already_ended(job_id, status)
+    if jobs.store.write_error is not None:
+        raise StoreUnavailable(
+            f"{jobs.store.write_error}; the run was stopped, and its outcome is "
+            "recorded once the store takes writes again"
+        )
     raise ServiceError(
         f"job {job_id} is {status} and could not be cancelled yet; try again",
         error="cancel pending",
@@ -258,7 +263,7 @@ def _already_ended(job_id: str, status: str) -> ServiceError:
             "description": "Server-Sent Events: one per CLI line and status change",
             "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
-        **errors(400, 401, 404),
+        **errors(400, 401, 404, 503),
     },
 )
 async def job_events(

@@ -228,16 +228,25 @@ class SQLiteJobStore:
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a writing transaction; a failure of the database (a full disk, an
-        I/O error) is StoreUnavailable, and is remembered until a write succeeds."""
+        I/O error) is StoreUnavailable, and is remembered until a write that
+        changed rows succeeds (one that matched none, such as cancelling a job
+        that is not queued, wrote nothing, and proves nothing)."""
         try:
-            result = await self._run(fn, *args)
+            outcome: tuple[T, bool] = await self._run(self._changing, fn, *args)
         except sqlite3.OperationalError as exc:
             if not _is_storage_failure(exc):
                 raise
             self._write_error = f"the job database cannot be written: {exc}"
             raise StoreUnavailable(self._write_error) from exc
-        self._write_error = None
+        result, wrote = outcome
+        if wrote:
+            self._write_error = None
         return result
+
+    def _changing(self, fn: Callable[..., T], *args: Any) -> tuple[T, bool]:
+        """`fn(*args)`, and whether it changed any row (on the store's thread)."""
+        before = self._conn.total_changes
+        return fn(*args), self._conn.total_changes != before
 
     # -- submitting and reading --------------------------------------------
 

@@ -282,7 +282,8 @@ class Worker:
     # -- cancelling ----------------------------------------------------------
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel `job_id` if this worker runs it; wait (bounded) until it is recorded."""
+        """Cancel `job_id` if this worker runs it; wait (bounded) until it is
+        recorded, or until the store refuses to record it."""
         run = self._running.get(job_id)
         if run is None:
             return False
@@ -500,6 +501,7 @@ class Worker:
                     )
                 break
             except StoreUnavailable as exc:
+                self._settled(job_id)  # a cancel waiting for it answers now (503)
                 logger.error(
                     "job %s ended %s; its outcome waits for the store (%s); retrying in %.1fs",
                     job_id,
@@ -526,6 +528,11 @@ class Worker:
             cost_usd=final.total_cost_usd,
             usage=final.usage,
         )
+        self._settled(job_id)
+
+    def _settled(self, job_id: str) -> None:
+        """Wake the cancels waiting for `job_id`: its outcome is recorded, or
+        the store refused it (the outcome is retried; the cancel says so)."""
         recorded = self._recorded.pop(job_id, None)
         if recorded is not None:
             recorded.set()

@@ -31,7 +31,7 @@ _MEANINGS = {
     422: "Wrong types, missing fields or values out of range; `detail` lists them",
     429: "The queue is full (MAX_QUEUE_DEPTH); see Retry-After",
     499: "The client closed the connection; the run was cancelled",
-    503: "The agent is busy or failed, or the store cannot write; see Retry-After",
+    503: "The agent is busy or failed, or the job store is unavailable; see Retry-After",
 }
 
 

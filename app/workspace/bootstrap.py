@@ -105,6 +105,15 @@ def checked_out_branch(path: Path, timeout_s: float = 30) -> str | None:
     return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
 
+def has_commits(path: Path, timeout_s: float = 30) -> bool:
+    """Whether HEAD names a commit (not so in a clone of an empty repository)."""
+    try:
+        run_sync(path, "rev-parse", "--quiet", "--verify", "HEAD^{commit}", timeout_s=timeout_s)
+    except WorkspaceError:
+        return False
+    return True
+
+
 def origin_url(path: Path, timeout_s: float = 30) -> str | None:
     """The work tree's `origin` URL, or None when it has none."""
     try:

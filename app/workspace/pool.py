@@ -18,10 +18,11 @@ from app.workspace.bootstrap import (
     ConfigSnapshot,
     checked_out_branch,
     ensure_workspace,
+    has_commits,
     origin_url,
     snapshot_config,
 )
-from app.workspace.git import WorkspaceError
+from app.workspace.git import WorkspaceError, run_sync
 from app.workspace.sync import FetchThrottle
 
 logger = logging.getLogger(__name__)
@@ -142,11 +143,16 @@ def prepare_slots(
             f"WORKSPACE_DIR {workspace_dir} has no origin: set GIT_REPO_URL (a local bare "
             "repository works: git init --bare /srv/agents.git) or MAX_CONCURRENT_RUNS=1"
         )
+    # An empty remote (`git init --bare`) has no branch to clone: the slots
+    # start as slot 0 did, on the same branch, yet to be born.
+    born = has_commits(workspace_dir)
     for slot in range(1, count):
         path = slot_path(data_dir, slot, workspace_dir)
         fresh = not path.exists() or not any(path.iterdir())
-        ensure_workspace(path, repo_url=remote, branch=kept)
+        ensure_workspace(path, repo_url=remote, branch=kept if born else None)
         if fresh:
+            if not born and kept:
+                run_sync(path, "symbolic-ref", "HEAD", f"refs/heads/{kept}", timeout_s=30)
             logger.info("slot %d: cloned into %s", slot, path)
         slot_branch = branch or kept or checked_out_branch(path)
         slots.append(Slot(path, slot_branch, snapshot_config(path), origin_url(path) is not None))

@@ -11,8 +11,12 @@ import pytest
 from tests.conftest import TOKEN, Server
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+# Not `not_a_server_error`: it flags every 5xx, the documented 503s too (a
+# chat that meets a fuzzed job running gets `503 agent is busy`). A 500 is
+# documented nowhere (no `default` response), so status_code_conformance
+# catches it.
 CHECKS = (
-    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "status_code_conformance,content_type_conformance,"
     "response_schema_conformance,response_headers_conformance"
 )
 
@@ -25,10 +29,10 @@ def test_every_route_documents_its_statuses_with_the_error_shape(server: Server)
         ("/v1/chat/completions", "post"): {"200", "400", "401", "413", "422", "499", "503"},
         ("/v1/models", "get"): {"200", "401"},
         ("/execute", "post"): {"200", "202", "400", "401", "413", "422", "429", "503"},
-        ("/jobs", "get"): {"200", "400", "401", "422"},
-        ("/jobs/{job_id}", "get"): {"200", "401", "404", "422"},
+        ("/jobs", "get"): {"200", "400", "401", "422", "503"},
+        ("/jobs/{job_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/jobs/{job_id}/cancel", "post"): {"200", "401", "404", "409", "422", "503"},
-        ("/jobs/{job_id}/events", "get"): {"200", "400", "401", "404", "422"},
+        ("/jobs/{job_id}/events", "get"): {"200", "400", "401", "404", "422", "503"},
         ("/health", "get"): {"200"},
         ("/health", "head"): {"200"},
     }

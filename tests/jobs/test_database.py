@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.jobs.models import NewJob
 from app.jobs.sqlite import DATABASE_NAME, SQLiteJobStore
-from tests.conftest import cli, start_server, wait_until
+from tests.conftest import cli, group_members, read_log, start_server, wait_until
 from tests.jobs.helpers import sse, submit, wait_for
 from tests.mounts import read_only, tmpfs
 
@@ -99,6 +102,34 @@ def test_an_unwritable_database_refuses_to_start(
     )
 
 
+@contextlib.contextmanager
+def full_disk(
+    service_env: dict[str, str], tmp_path: Path, prompt: str
+) -> Iterator[tuple[httpx.Client, str, Path]]:
+    """A server whose DATA_DIR is a small file system, nearly filled, and a
+    job running `prompt` that fills the rest: yields the client, the job's id
+    and the ballast to unlink (space returns) once the store reports failing."""
+    with tmpfs(tmp_path / "data", 12 * 2**20) as data_dir:
+        ballast = data_dir / "ballast"
+        env = {**service_env, "DATA_DIR": str(data_dir), "JOB_MAX_EVENT_BYTES": str(2**20)}
+        server = start_server(env, tmp_path / "server.log")
+        try:
+            with server.client() as client:
+                free = os.statvfs(data_dir).f_bavail * os.statvfs(data_dir).f_frsize
+                ballast.write_bytes(b"\0" * (free - 200 * 1024))  # leave about 200 KB
+                job_id = submit(client, prompt)
+                wait_until(lambda: store_failing(client), "the store reports failing", timeout_s=60)
+                yield client, job_id, ballast
+        finally:
+            server.stop()
+    log = server.log()
+    assert "Traceback" not in log and '"status": 500' not in log, log[-3000:]
+
+
+def store_failing(client: httpx.Client) -> bool:
+    return bool(client.get("/health").json()["store"] == "failing")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_full_disk_holds_the_outcome_until_space_returns(
@@ -107,38 +138,48 @@ def test_a_full_disk_holds_the_outcome_until_space_returns(
     """DATA_DIR on a small file system that a flooding job fills: submissions
     get 503 `store unavailable` (never 500), /health says so, and once space
     is freed the job's events and outcome are written and its stream ends."""
-    data = tmpfs(tmp_path / "data", 12 * 2**20)
-    with data as data_dir:
-        ballast = data_dir / "ballast"
-        env = {**service_env, "DATA_DIR": str(data_dir), "JOB_MAX_EVENT_BYTES": str(2**20)}
-        server = start_server(env, tmp_path / "server.log")
-        try:
-            with server.client() as client:
-                free = os.statvfs(data_dir).f_bavail * os.statvfs(data_dir).f_frsize
-                ballast.write_bytes(b"\0" * (free - 200 * 1024))  # leave about 200 KB
-                job_id = submit(client, "@fake:flood=4")
+    with full_disk(service_env, tmp_path, "@fake:flood=4") as (client, job_id, ballast):
+        health = client.get("/health").json()
+        assert health["status"] == "degraded"
+        assert "database or disk is full" in health["store_error"]
+        refused = client.post("/execute", json={"prompt": "while full"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "store unavailable"
+        assert refused.headers["Retry-After"] == "30"
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+        ballast.unlink()  # space returns
+        job = wait_for(client, job_id, timeout_s=60)
+        assert job["status"] == "completed" and job["events_truncated"] is True
+        events = list(sse(client, job_id))
+        assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+        assert [e["event"] for e in events][-2:] == ["result", "status"]
+        wait_until(lambda: not store_failing(client), "the store reports ok")
+        assert client.post("/execute", json={"prompt": "after"}).status_code == 202
 
-                def store_failing() -> bool:
-                    return client.get("/health").json()["store"] == "failing"
 
-                wait_until(store_failing, "the store reports failing", timeout_s=60)
-                health = client.get("/health").json()
-                assert health["status"] == "degraded"
-                assert "database or disk is full" in health["store_error"]
-                refused = client.post("/execute", json={"prompt": "while full"})
-                assert refused.status_code == 503, refused.text
-                assert refused.json()["error"] == "store unavailable"
-                assert refused.headers["Retry-After"] == "30"
-                assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
-                ballast.unlink()  # space returns
-                job = wait_for(client, job_id, timeout_s=60)
-                assert job["status"] == "completed" and job["events_truncated"] is True
-                events = list(sse(client, job_id))
-                assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
-                assert [e["event"] for e in events][-2:] == ["result", "status"]
-                wait_until(lambda: not store_failing(), "the store reports ok")
-                assert client.post("/execute", json={"prompt": "after"}).status_code == 202
-        finally:
-            server.stop()
-    log = server.log()
-    assert "Traceback" not in log and "500 Internal" not in log
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_cancel_while_the_disk_is_full_stops_the_run_and_says_503(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The run is stopped at once; the cancel answers 503 (its outcome cannot
+    be written yet), not a 409 `cancel pending` after the cancel's wait; a
+    cancel that writes nothing does not make /health say the store is well;
+    once space returns the job is recorded cancelled."""
+    with full_disk(service_env, tmp_path, "@fake:flood=4 @fake:ticks=600") as (
+        client,
+        job_id,
+        ballast,
+    ):
+        (call,) = read_log(Path(service_env["FAKE_CLAUDE_LOG"]))
+        cancel = client.post(f"/jobs/{job_id}/cancel")
+        assert cancel.status_code == 503, cancel.text
+        assert cancel.json()["error"] == "store unavailable"
+        assert "the run was stopped" in cancel.json()["detail"]
+        wait_until(lambda: group_members(call["pgid"]) == [], "the CLI is gone")
+        assert store_failing(client)  # the cancel matched no queued job: it proved nothing
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+        ballast.unlink()
+        job = wait_for(client, job_id, timeout_s=60)
+        assert job["status"] == "cancelled"
+        wait_until(lambda: not store_failing(client), "the store reports ok")

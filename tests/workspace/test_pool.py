@@ -209,6 +209,30 @@ def test_after_sigkill_with_two_jobs_running_both_are_interrupted_and_the_queue_
         again.stop()
 
 
+def test_slots_on_an_empty_bare_remote_start_and_all_land(tmp_path: Path, gate: Path) -> None:
+    """`git init --bare` as the README suggests: nothing to clone a branch of
+    yet. Both slots start on the unborn branch; two runs at once, each the
+    first commit of its slot, both land on it, one rebased onto the other."""
+    remote = tmp_path / "empty.git"
+    git("init", "--quiet", "--bare", "--initial-branch=trunk", str(remote), cwd=tmp_path)
+    server = start_server(pool_env(tmp_path, remote, 2), tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            jobs = [
+                submit(client, f"first-{i} @fake:write=f{i}.txt @fake:wait_for={gate}/go")
+                for i in range(2)
+            ]
+            assert len({c["cwd"] for c in started(tmp_path, "first-", 2)}) == 2
+            (gate / "go").touch()
+            done = [wait_for(client, job_id) for job_id in jobs]
+    finally:
+        server.stop()
+    assert [j["status"] for j in done] == ["completed"] * 2
+    assert [(j["git"]["pushed"], j["git"]["branch"]) for j in done] == [(True, "trunk")] * 2
+    assert git("ls-tree", "--name-only", "trunk", cwd=remote).split() == ["f0.txt", "f1.txt"]
+    assert git("branch", "--format=%(refname:short)", cwd=remote).split() == ["trunk"]
+
+
 def test_several_slots_without_a_remote_refuse_to_start(tmp_path: Path) -> None:
     env = {
         "API_BEARER_TOKEN": TOKEN,
