@@ -5,8 +5,11 @@ reverse."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from app.agent import sessions
+from app.agent.command import current_child_environment
 from app.errors import ServiceError
 from app.schemas.controls import AgentControls
 from app.settings import Settings
@@ -48,3 +51,20 @@ def resolve_controls(
         "max_turns": max_turns,
         "json_schema": None if json_schema is None else json.dumps(json_schema),
     }
+
+
+def known_session(session: str) -> str:
+    """`session`, if the CLI has a transcript of it here; 400 `unknown session`
+    otherwise (a resume would fail, or worse, start afresh)."""
+    home = current_child_environment().get("HOME")
+    if home is None or sessions.find(session, home=Path(home)) is None:
+        raise unknown_session(session)
+    return session
+
+
+def unknown_session(session: str) -> ServiceError:
+    return ServiceError(
+        f"no session {session} to resume (it never existed here, or it was removed); "
+        "start a new conversation without a session id",
+        error="unknown session",
+    )

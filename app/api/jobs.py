@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.controls import resolve_controls
+from app.api.controls import known_session, resolve_controls
 from app.api.deps import JobsDep, SettingsDep, resolve_model
 from app.api.routing import StrictJsonRoute
 from app.errors import ServiceError
@@ -21,6 +21,7 @@ from app.jobs.events import events_after, wait_ended
 from app.jobs.models import Job, JobStatus, NewJob
 from app.jobs.store import IdempotencyConflict, JobStore, QueueFull, StoreUnavailable
 from app.jobs.worker import CANCEL_WAIT_S, JobRuntime
+from app.schemas.controls import schema_problem
 from app.schemas.errors import errors
 from app.schemas.jobs import ExecuteRequest, JobAccepted, JobList, JobView
 from app.settings import Settings, webhook_problem
@@ -112,6 +113,9 @@ def new_job(
             "(JOB_TIMEOUT_SECONDS)",
             error="invalid request",
         )
+    problem = None if body.json_schema is None else schema_problem(body.json_schema)
+    if problem is not None:
+        raise ServiceError(f"json_schema {problem}", error="invalid request")
     options = resolve_controls(body, settings, json_schema=body.json_schema)
     return NewJob(
         prompt=body.prompt,
@@ -120,7 +124,7 @@ def new_job(
         timeout_seconds=timeout_s,
         agent=body.agent,
         metadata=body.metadata,
-        resume_session_id=body.session_id,
+        resume_session_id=None if body.session_id is None else known_session(body.session_id),
         idempotency_key=idempotency_key,
         request_hash=_request_hash(body) if idempotency_key is not None else None,
         submitted_by=submitted_by,

@@ -9,20 +9,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app import metrics
-from app.agent import sessions
-from app.agent.command import current_child_environment
 from app.agent.process import SpawnError
 from app.agent.prompt import chat_prompt, message_images
 from app.agent.run import AgentBusy, AgentRun, SyncFailed, log_end
 from app.agent.stream import AgentResult, one_line
-from app.api.controls import resolve_controls
+from app.api.controls import known_session, resolve_controls, unknown_session
 from app.api.deps import RunAgentDep, SettingsDep, resolve_model
 from app.api.routing import StrictJsonRoute
 from app.errors import ExecutionFailed, ServiceError
@@ -122,7 +119,7 @@ async def chat_completions(
         error = one_line(redact(result.text)) or "the agent run failed"
         chat.ended("failed", error, result)
         if session and error.startswith("No conversation found"):
-            raise _unknown_session(session)
+            raise unknown_session(session)
         raise ExecutionFailed(error)
     chat.ended("completed", None, result)
     answer = result.text
@@ -189,18 +186,7 @@ def _session_to_resume(body: ChatCompletionRequest, request: Request) -> str | N
         session = str(uuid.UUID(given.strip()))
     except ValueError:
         raise ServiceError("a session id is a UUID", error="invalid request") from None
-    home = current_child_environment().get("HOME")
-    if home is None or sessions.find(session, home=Path(home)) is None:
-        raise _unknown_session(session)
-    return session
-
-
-def _unknown_session(session: str) -> ServiceError:
-    return ServiceError(
-        f"no session {session} to resume (it never existed here, or it was removed); "
-        "start a new conversation without a session id",
-        error="unknown session",
-    )
+    return known_session(session)
 
 
 def _after_last_answer(messages: list[ChatMessage]) -> list[ChatMessage]:

@@ -7,10 +7,10 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema, field_validator
 
 from app.jobs.models import Job, JobStatus
-from app.schemas.controls import AgentControls, schema_problem
+from app.schemas.controls import AgentControls
 from app.text import text_problem
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -30,18 +30,14 @@ class ExecuteRequest(AgentControls):
     timeout_seconds: Annotated[float, Field(strict=True, ge=1)] | None = None
     metadata: dict[str, Any] | None = None
     session_id: StrictStr | None = None
-    json_schema: dict[str, Any] | None = None
+    # Any here, checked by the route: a schema the CLI cannot use is a 400, as
+    # in chat's response_format, not the 422 of a body that does not parse.
+    json_schema: Annotated[
+        Any, WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}]})
+    ] = None
     """A JSON Schema the answer must follow; the job's `structured_output` holds it."""
     webhook_url: StrictStr | None = Field(default=None, max_length=2048)
     """Called (POST, the job's JSON) when the job ends; its host must be allowed."""
-
-    @field_validator("json_schema")
-    @classmethod
-    def _a_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        problem = None if value is None else schema_problem(value)
-        if problem:
-            raise ValueError(f"json_schema {problem}")
-        return value
 
     @field_validator("prompt")
     @classmethod
@@ -152,6 +148,7 @@ class JobView(BaseModel):
     request_id: str | None
     allowed_tools: list[str] | None
     disallowed_tools: list[str] | None
+    append_system_prompt: str | None
     max_turns: int | None
     json_schema: dict[str, Any] | None
     structured_output: Any
@@ -164,7 +161,7 @@ class JobView(BaseModel):
         return cls.model_validate({"job_id": job.id, **_fields(job), **_options(job)})
 
 
-_OPTIONS = ("allowed_tools", "disallowed_tools", "max_turns", "json_schema")
+_OPTIONS = ("allowed_tools", "disallowed_tools", "append_system_prompt", "max_turns", "json_schema")
 
 
 def _fields(job: Job) -> dict[str, Any]:

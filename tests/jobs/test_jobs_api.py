@@ -38,6 +38,7 @@ def shared(
         "CLAUDE_BIN": str(FAKE_CLAUDE),
         "FAKE_CLAUDE_LOG": str(log),
         "JOB_TIMEOUT_SECONDS": "60",
+        "HOME": str(root / "home"),  # where the CLI keeps its sessions' transcripts
         **database,
     }
     server = start_server(env, root / "server.log")
@@ -280,12 +281,19 @@ def test_resuming_a_session_passes_resume(
     client: httpx.Client, shared: tuple[Server, Path]
 ) -> None:
     session = str(uuid.uuid4())
+    transcripts = shared[1].parent / "home" / ".claude" / "projects" / "-elsewhere"
+    transcripts.mkdir(parents=True, exist_ok=True)
+    (transcripts / f"{session}.jsonl").write_text('{"type": "user"}\n')
     tag = uuid.uuid4().hex[:8]
     job = wait_for(client, submit(client, tag, session_id=session.upper()))
     assert job["session_id"] == session
     (call,) = calls_for(shared[1], tag)
     assert call["argv"][call["argv"].index("--resume") + 1] == session
     assert "--agent" not in call["argv"]  # CHAT_AGENT is for chat only
+    before = client.get("/jobs", params={"limit": 1}).json()["jobs"]
+    unknown = client.post("/execute", json={"prompt": tag, "session_id": str(uuid.uuid4())})
+    assert unknown.status_code == 400 and unknown.json()["error"] == "unknown session"
+    assert client.get("/jobs", params={"limit": 1}).json()["jobs"] == before  # nothing queued
 
 
 def test_idempotency_key_returns_the_same_job(client: httpx.Client) -> None:
@@ -333,6 +341,15 @@ def test_listing_is_newest_first_with_a_cursor_and_a_status_filter(client: httpx
         ({"json": {"prompt": "x", "metadata": {"k": "v" * 17000}}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "metadata": {"k": "é" * 9000}}}, 422, "invalid request"),
         ({"json": {"prompt": "x", "metadata": nested(33)}}, 422, "invalid request"),
+        # a schema the CLI cannot use: 400, as chat's response_format
+        ({"json": {"prompt": "x", "json_schema": {"type": 12}}}, 400, "invalid request"),
+        ({"json": {"prompt": "x", "json_schema": [1]}}, 400, "invalid request"),
+        ({"json": {"prompt": "x", "json_schema": "object"}}, 400, "invalid request"),
+        (
+            {"json": {"prompt": "x", "json_schema": {"description": "x" * 70_000}}},
+            400,
+            "invalid request",
+        ),
         (
             {
                 "content": b'{"prompt": "x", "metadata": {"k": "\\ud800"}}',
@@ -476,3 +493,15 @@ def test_the_bearer_token_an_agent_prints_is_redacted_everywhere(
     assert any("the token is ***" in text for text in texts)
     for text in [str(job), chat.text, listed, *(e["data"] for e in events), shared[0].log()]:
         assert TOKEN not in text
+
+
+def test_a_job_shows_the_system_prompt_its_run_was_given(
+    client: httpx.Client, shared: tuple[Server, Path]
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    job = wait_for(client, submit(client, tag, append_system_prompt="Answer in French."))
+    (call,) = calls_for(shared[1], tag)
+    assert call["argv"][call["argv"].index("--append-system-prompt") + 1] == "Answer in French."
+    assert job["append_system_prompt"] == "Answer in French."
+    plain = wait_for(client, submit(client, "no extra prompt"))
+    assert plain["append_system_prompt"] is None

@@ -193,4 +193,4 @@ def test_a_job_keeps_its_controls_and_its_structured_output(server: Server) -> N
     assert job["structured_output"] == {"answer": "Hello from the fake claude!"}
     assert job["json_schema"] == schema and job["max_turns"] == 4
     assert (job["allowed_tools"], job["disallowed_tools"]) == (["Read"], ["Bash"])
-    assert refused.status_code == 422 and "not a valid JSON Schema" in refused.text
+    assert refused.status_code == 400 and "not a valid JSON Schema" in refused.text
