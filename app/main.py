@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from app import __version__, logs, metrics
 from app.agent import process, sessions
@@ -309,6 +310,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 # The OpenAPI schema is served (behind auth) at /openapi.json; the HTML docs
 # are off: they would fetch the schema without the token.
+def _take_over_uvicorns_logging() -> None:
+    """Under a bare `uvicorn app.main:app`, uvicorn set up its own handlers
+    before it imported the app: take them over now, so that its first lines
+    ("Started server process") are in the service's format too. Imported by
+    `serve` (configured already), by tests or tools, there is nothing to do."""
+    if not logging.getLogger("uvicorn").handlers:
+        return
+    try:
+        settings = get_settings()
+    except ValidationError:
+        return  # the lifespan reports the settings' problem
+    logs.configure(settings.log_format, settings.log_level)
+
+
+_take_over_uvicorns_logging()
+
 app = FastAPI(
     title="Claude Agent Service",
     version=__version__,

@@ -92,6 +92,7 @@ def test_a_workspace_that_is_not_a_repository_fails(good: dict[str, str], tmp_pa
     code, result = doctor({**good, "WORKSPACE_DIR": str(plain)}, tmp_path)
     assert code == 1
     assert failing(result)["workspace"]["detail"] == f"{plain} is not a git repository"
+    assert "point WORKSPACE_DIR at a git work tree" in failing(result)["workspace"]["fix"]
 
 
 def test_an_unreachable_remote_fails(good: dict[str, str], tmp_path: Path) -> None:
@@ -99,6 +100,7 @@ def test_an_unreachable_remote_fails(good: dict[str, str], tmp_path: Path) -> No
     code, result = doctor(good, tmp_path)
     assert code == 1
     assert "cannot be reached" in failing(result)["remote"]["detail"]
+    assert "check the URL and its credentials" in failing(result)["remote"]["fix"]
 
 
 def test_readiness_answers_503_with_the_failing_checks(

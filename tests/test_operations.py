@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOKEN, Server, free_port, start_server, wait_until
@@ -68,7 +69,7 @@ def test_metrics_count_runs_busy_answers_requests_and_git(
     assert value(after, "agent_runs_total", kind="chat", status="busy") == 1
     assert value(after, "agent_runs_total", kind="job", status="completed") == 2
     assert value(after, "agent_run_duration_seconds_count", kind="job") == 2
-    assert value(after, "agent_cost_usd_total") == 3 * 0.0013197
+    assert value(after, "agent_cost_usd_total") == pytest.approx(3 * 0.0013197)
     # the fake reports input 13127, output 14, cache read 3000, creation 120 per run
     assert value(after, "agent_tokens_total", type="input") == 3 * 13127
     assert value(after, "agent_tokens_total", type="cache_creation") == 3 * 120
@@ -100,12 +101,19 @@ def test_log_lines_are_json_with_request_ids_and_never_a_token(
     try:
         with server.client() as client:
             response = client.post(
-                "/execute", json={"prompt": "logged"}, headers={"X-Request-ID": "req-42"}
+                "/execute",
+                json={"prompt": "logged", "model": "haiku"},
+                headers={"X-Request-ID": "req-42"},
             )
             assert response.headers["X-Request-ID"] == "req-42"
             job = wait_for(client, response.json()["job_id"])
             insane = client.get("/health", headers={"X-Request-ID": "x" * 200})
             assert len(insane.headers["X-Request-ID"]) == 32  # replaced by a new one
+            failed = client.post(
+                "/v1/chat/completions",
+                json={"model": "opus", "messages": [{"role": "user", "content": "@fake:error=no"}]},
+            )
+            assert failed.status_code == 503
             probe = client.get("/health", headers={"X-Request-ID": "probe-1"})
             assert probe.status_code == 200 and probe.headers["X-Request-ID"] == "probe-1"
         refused = httpx.get(f"{server.base_url}/jobs", headers={"Authorization": f"Bearer {wrong}"})
@@ -126,7 +134,12 @@ def test_log_lines_are_json_with_request_ids_and_never_a_token(
     refusal = next(line for line in lines if line.get("status") == 401)
     assert refusal["logger"] == "app.access" and refusal["level"] == "info"
     ran = [line for line in lines if line.get("job_id") == job["job_id"]]
-    assert any(line["logger"] == "app.runs" for line in ran)
+    (end,) = [line for line in ran if line["logger"] == "app.runs"]
+    assert (end["status"], end["model"]) == ("completed", "haiku")
+    assert end["cost"] == job["total_cost_usd"] and end["cost"] > 0
+    chat_end = next(line for line in lines if line["event"].startswith("chat "))
+    assert chat_end["logger"] == "app.runs" and chat_end["level"] == "warning"
+    assert (chat_end["status"], chat_end["model"]) == ("failed", "opus")
     assert TOKEN not in server.log() and wrong not in server.log()
     assert "logged" not in server.log()  # prompts are not logged by default
 
@@ -170,11 +183,9 @@ def test_a_bare_uvicorn_logs_the_same_way(service_env: dict[str, str], tmp_path:
         proc.terminate()
         proc.wait(30)
         log.close()
-    lines = [
-        json.loads(x)
-        for x in (tmp_path / "uvicorn.log").read_text().splitlines()
-        if x.startswith("{")
-    ]
+    text = (tmp_path / "uvicorn.log").read_text()
+    lines = [json.loads(x) for x in text.splitlines()]  # every line, uvicorn's first ones too
+    assert lines[0]["logger"] == "uvicorn.error" and "Started server process" in lines[0]["event"]
     by_id = {line.get("request_id"): line for line in lines if line["logger"] == "app.access"}
     # a successful probe of /health is logged at DEBUG, any other request at INFO
     assert (by_id["bare-1"]["route"], by_id["bare-1"]["level"]) == ("/health", "debug")

@@ -60,10 +60,15 @@ class RunAgent(Protocol):
     ) -> Awaitable[AgentResult]: ...
 
 
-def log_end(run: str, status: str, error: str | None, cost_usd: float | None) -> None:
+def log_end(
+    run: str, status: str, error: str | None, cost_usd: float | None, model: str | None
+) -> None:
     """One log line for every run's end: its outcome, and for a failure the
-    reason (one line; the caller has redacted it)."""
+    reason (one line; the caller has redacted it). The line carries `status`,
+    `model` and `cost` (USD, when the CLI reported one) as fields."""
+    fields = {"status": status, "model": model, "cost": cost_usd}
     if status == "completed":
-        logger.info("%s completed (cost $%s)", run, cost_usd)
+        logger.info("%s completed (cost $%s)", run, cost_usd, extra=fields)
     else:
-        logger.warning("%s ended %s: %s", run, status, one_line(error or "no reason given"))
+        reason = one_line(error or "no reason given")
+        logger.warning("%s ended %s: %s", run, status, reason, extra=fields)

@@ -94,7 +94,7 @@ async def chat_completions(
         **resolve_controls(body, settings, json_schema=schema),
     )
     report = GitReport()
-    chat = _Chat(f"chat {completion_id}")
+    chat = _Chat(f"chat {completion_id}", model)
     if settings.log_prompts:
         logger.info("%s prompt: %s", chat.name, prompt[:PROMPT_LOG_CHARS])
     try:
@@ -206,11 +206,12 @@ class _Chat:
     """One chat completion's run, to log and count its end once."""
 
     name: str
+    model: str
     started: float = field(default_factory=time.monotonic)
 
     def ended(self, status: str, error: str | None, result: AgentResult | None = None) -> None:
         cost = result.total_cost_usd if result is not None else None
-        log_end(self.name, status, error, cost)
+        log_end(self.name, status, error, cost, self.model)
         metrics.count_run(
             "chat",
             status,

@@ -471,7 +471,7 @@ class Worker:
         finally:
             if outcome is not None:
                 outcome.git = report.as_dict()
-            await asyncio.shield(self._record(job_id, sink, outcome, started))
+            await asyncio.shield(self._record(job_id, sink, outcome, started, job.model))
 
     async def _record(
         self,
@@ -479,6 +479,7 @@ class Worker:
         sink: EventSink,
         outcome: Outcome | None,
         started: float | None = None,
+        model: str | None = None,
     ) -> None:
         """Store the run's last events, then its outcome: after every event, and
         however long a failing store takes to come back (bounded backoff)."""
@@ -520,7 +521,9 @@ class Worker:
         self._hub.notify(job_id)
         for listener in self._on_end:
             listener()
-        log_end(f"job {job_id}", final.status, redact(final.error or ""), final.total_cost_usd)
+        log_end(
+            f"job {job_id}", final.status, redact(final.error or ""), final.total_cost_usd, model
+        )
         metrics.count_run(
             "job",
             final.status,
