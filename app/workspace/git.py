@@ -249,8 +249,16 @@ class Git:
 
     async def fetch(self, branch: str) -> str | None:
         """Fetch `origin/<branch>`; None on success or when the remote lacks the branch."""
+        # --no-auto-maintenance: not one more git process per run (`maintenance
+        # run --auto`); the commits the service makes still run the auto gc.
         done = await self(
-            "fetch", "--quiet", "--no-tags", "--upload-pack=git-upload-pack", "origin", branch
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-auto-maintenance",
+            "--upload-pack=git-upload-pack",
+            "origin",
+            branch,
         )
         if done.ok or "couldn't find remote ref" in done.output:
             return None
