@@ -91,6 +91,7 @@ async def run_git_sync(workspace: Workspace | None = None) -> str | None:
         min_interval_s=settings.git_sync_min_interval_seconds,
         throttle=workspace.throttle,
         has_origin=workspace.has_origin,
+        author=(settings.git_author_name, settings.git_author_email),
     )
     metrics.git_operations.labels("sync", "failed" if error else "ok").inc()
     if error:

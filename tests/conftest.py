@@ -125,6 +125,19 @@ def push_change(remote: Path, root: Path, name: str, text: str, branch: str = "m
     return git("rev-parse", "HEAD", cwd=other)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A HOME of the tests' own: the CLIs they run (the fake as the real one)
+    keep their sessions' transcripts under $HOME/.claude, never the user's."""
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    yield
+    if before is None:
+        del os.environ["HOME"]
+    else:
+        os.environ["HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def fresh_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     """A module-level asyncio.Lock binds to the first loop that waits on it."""

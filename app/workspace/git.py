@@ -266,8 +266,9 @@ class Git:
             return f"{done.output} (GIT_SYNC_TIMEOUT_SECONDS)"
         return f"git fetch failed: {done.line}"
 
-    async def rebase_onto(self, branch: str) -> str | None:
-        """Rebase the local branch onto `origin/<branch>`; abort and report a failure."""
+    async def rebase_onto(self, branch: str, author: tuple[str, str]) -> str | None:
+        """Rebase the local branch onto `origin/<branch>` as `author` (the
+        committer of what it replays and stashes); abort and report a failure."""
         if (
             await self.value("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}")
             is None
@@ -275,7 +276,9 @@ class Git:
             return None  # nothing upstream yet
         head = await self.head()
         stashes = await self.stash_count()
-        done = await self("rebase", "--autostash", f"refs/remotes/origin/{branch}")
+        done = await self(
+            *identity(author), "rebase", "--autostash", f"refs/remotes/origin/{branch}"
+        )
         if done.ok and not await self.value("ls-files", "--unmerged"):
             return None
         # The rebase failed, or it worked but the stashed changes did not apply
@@ -285,6 +288,6 @@ class Git:
         elif head is not None:
             await self("reset", "--quiet", "--hard", head)
             if await self.stash_count() > stashes:
-                await self("stash", "pop", "--quiet")
+                await self(*identity(author), "stash", "pop", "--quiet")
         reason = done.line if not done.ok else "the local changes conflict with it"
         return f"rebase onto origin/{branch} failed, kept the local state: {reason}"

@@ -113,7 +113,7 @@ async def publish(
         if attempt == PUSH_RETRIES:
             report.push_error = f"push still rejected after {PUSH_RETRIES} retries"
             break
-        error = await git.fetch(name) or await git.rebase_onto(name)
+        error = await git.fetch(name) or await git.rebase_onto(name, author)
         if error is not None:
             report.push_error = error
             break

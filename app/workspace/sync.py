@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app.workspace.git import NOT_A_REPOSITORY, Git
+from app.workspace.git import DEFAULT_AUTHOR, NOT_A_REPOSITORY, Git
 
 
 class FetchThrottle:
@@ -30,8 +30,11 @@ async def sync_workspace(
     min_interval_s: float = 0,
     throttle: FetchThrottle | None = None,
     has_origin: bool | None = None,
+    author: tuple[str, str] = DEFAULT_AUTHOR,
 ) -> str | None:
-    """Fetch `origin/<branch>` and rebase the workspace onto it, with autostash.
+    """Fetch `origin/<branch>` and rebase the workspace onto it, with autostash
+    (`author` commits the rebased commits and the stash: the machine's own git
+    identity, if it has one, is not needed).
 
     Returns None when the workspace is in sync (or has no `origin`), else a
     one-line error. A failed rebase is aborted: the local state is kept.
@@ -64,4 +67,4 @@ async def sync_workspace(
         throttle.mark(path)
     if not await git.behind(name):
         return None
-    return await git.rebase_onto(name)
+    return await git.rebase_onto(name, author)
