@@ -68,6 +68,8 @@ def build_command(
     if append_system_prompt:
         argv += ["--append-system-prompt", append_system_prompt]
     if allowed_tools:
+        # --allowedTools only approves calls; --tools takes the other tools away
+        argv += ["--tools", *dict.fromkeys(_tool_name(t) for t in allowed_tools)]
         argv += ["--allowedTools", *allowed_tools]
     if disallowed_tools:
         argv += ["--disallowedTools", *disallowed_tools]
@@ -85,6 +87,11 @@ def build_command(
 
 def current_child_environment() -> dict[str, str]:
     return child_environment(os.environ, agent_dotenv())
+
+
+def _tool_name(entry: str) -> str:
+    """The tool a permission entry names: `Bash(git:*)` -> `Bash`."""
+    return entry.split("(", 1)[0]
 
 
 def _format_usd(amount: float) -> str:

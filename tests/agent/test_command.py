@@ -73,3 +73,11 @@ def test_child_environment_withholds_the_services_secrets_and_claudecode() -> No
         "PATH": "/bin",
         "ANTHROPIC_API_KEY": "k",
     }
+
+
+def test_allowed_tools_also_name_the_only_tools_the_cli_offers() -> None:
+    allowed = ("Read", "Bash(git:*)", "Bash")
+    argv = list(build_command(prompt="p", allowed_tools=allowed, **BASE).argv)
+    tools = argv[argv.index("--tools") + 1 : argv.index("--allowedTools")]
+    assert tools == ["Read", "Bash"]  # --allowedTools alone only approves calls
+    assert tuple(argv[argv.index("--allowedTools") + 1 : argv.index("--")]) == allowed

@@ -49,8 +49,10 @@ async def test_tool_limits_and_the_system_prompt_reach_the_cli_as_its_flags(
     assert response.status_code == 200, response.text
     (call,) = read_log(fake_log)
     argv = call["argv"]
+    assert option_values(argv, "--tools") == ["Read", "Bash"]
     assert option_values(argv, "--allowedTools") == ["Read", "Bash(git:*)"]
     assert option_values(argv, "--disallowedTools") == ["WebFetch", "Write"]
+    assert "--max-turns" not in argv  # not in the pinned CLI's --help: the service counts
     assert option_values(argv, "--append-system-prompt") == ["Be brief.\n\nUse British spelling."]
     assert argv[-2:] == ["--", "hi"]  # the variadic options cannot swallow the prompt
 

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from tests.api.conftest import chat
 from tests.conftest import TOKEN, Server, git, make_remote, start_server
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.jobs.helpers import sse, submit, wait_for
@@ -170,18 +172,11 @@ def test_a_job_whose_agent_writes_a_file_commits_it(
         ]
     )
     with server.client() as client:
-        job = wait_for(client, submit(client, "Create hello.txt", model="haiku"))
-        events = list(sse(client, job["job_id"]))
+        job, blocks = run_job(client, "Create hello.txt")
     assert job["status"] == "completed", job
     assert job["result"] == "Done." and job["num_turns"] == 2
     assert git("show", "main:hello.txt", cwd=remote) == "hello from the stand-in"
     assert job["git"]["pushed"] is True and job["git"]["branch"] == "main"
-    blocks = [
-        b
-        for e in events
-        if e["event"] in ("assistant", "user")
-        for b in e["json"]["message"]["content"]
-    ]
     tool_use = next(b for b in blocks if b["type"] == "tool_use")
     assert tool_use["name"] == "Write"
     tool_result = next(b for b in blocks if b["type"] == "tool_result")
@@ -452,3 +447,156 @@ PIXEL_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c636000010000050001e2b0d7b30000000049454e44ae426082"
 )
+
+
+def offered_tools(request: dict[str, Any]) -> list[str]:
+    """The names of the tools a recorded request offered the model."""
+    return [tool["name"] for tool in request["body"]["tools"]]
+
+
+def system_texts(request: dict[str, Any]) -> list[str]:
+    """The text blocks of a recorded request's system prompt."""
+    system = request["body"]["system"]
+    blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
+    return [b["text"] for b in blocks if b.get("type") == "text"]
+
+
+def run_job(client: httpx.Client, prompt: str, **fields: Any) -> tuple[dict[str, Any], list[Any]]:
+    """Run a job to its end; return it and the content blocks of its events."""
+    job = wait_for(client, submit(client, prompt, model="haiku", **fields))
+    blocks = [
+        block
+        for event in sse(client, job["job_id"])
+        if event["event"] in ("assistant", "user")
+        for block in event["json"]["message"]["content"]
+    ]
+    return job, blocks
+
+
+def tool_results(blocks: list[Any]) -> list[dict[str, Any]]:
+    """The tool_result blocks among a job's content blocks."""
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+def ask(client: httpx.Client, prompt: str, **controls: Any) -> httpx.Response:
+    """A chat completion of one message with the agent controls in its body."""
+    return client.post("/v1/chat/completions", json=chat(prompt, **controls))
+
+
+@pytest.mark.timeout(60)
+def test_disallowed_tools_are_not_offered_to_the_model(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    api.script([{"text": "ok"}])
+    with served[0].client() as client:
+        baseline, _ = run_job(client, "hi")
+        job, _ = run_job(client, "hi", disallowed_tools=["Bash"])
+        answer = ask(client, "hi", disallowed_tools=["Bash"])
+    assert baseline["status"] == job["status"] == "completed", job
+    assert answer.status_code == 200, answer.text
+    assert job["disallowed_tools"] == ["Bash"]
+    everything, for_the_job, for_the_chat = map(offered_tools, api.message_requests)
+    assert {"Bash", "Read"} <= set(everything)
+    for offered in (for_the_job, for_the_chat):
+        assert "Bash" not in offered and "Read" in offered
+
+
+@pytest.mark.timeout(60)
+def test_allowed_tools_are_the_only_tools_offered_to_the_model(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    server, workspace, _ = served
+
+    def write(name: str) -> dict[str, Any]:
+        path = str(workspace / name)
+        return {"tool_use": {"name": "Write", "input": {"file_path": path, "content": "x\n"}}}
+
+    with server.client() as client:
+        api.script([write("allowed.txt"), {"text": "Done."}])
+        allowed, _ = run_job(client, "write it", allowed_tools=["Read", "Write"])
+        with_write = offered_tools(api.message_requests[0])
+        api.script([write("refused.txt"), {"text": "Done."}])
+        narrowed, blocks = run_job(client, "write it", allowed_tools=["Read"])
+        without_write = offered_tools(api.message_requests[0])
+        api.script([{"text": "ok"}])
+        answer = ask(client, "hi", allowed_tools=["Read"])
+        for_the_chat = offered_tools(api.message_requests[0])
+    assert allowed["status"] == narrowed["status"] == "completed", narrowed
+    assert answer.status_code == 200, answer.text
+    assert (workspace / "allowed.txt").read_text() == "x\n"
+    assert {"Read", "Write"} <= set(with_write) and "Bash" not in with_write
+    for offered in (without_write, for_the_chat):
+        assert "Read" in offered
+        assert not {"Write", "Edit", "Bash", "Agent"} & set(offered), offered
+    # the model asked for Write anyway: the CLI has no such tool, nothing is written
+    (refusal,) = tool_results(blocks)
+    assert refusal["is_error"] is True
+    assert "No such tool available: Write" in str(refusal["content"])
+    assert not (workspace / "refused.txt").exists()
+    assert narrowed["allowed_tools"] == ["Read"]
+
+
+@pytest.mark.timeout(60)
+def test_an_allowed_tools_pattern_approves_the_commands_it_matches(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    command = "awk 'BEGIN { print 6 * 7 }'"  # one the CLI asks approval for, and -p cannot
+    step = {"tool_use": {"name": "Bash", "input": {"command": command}}}
+    with served[0].client() as client:
+        api.script([step, {"text": "Done."}])
+        denied, denied_blocks = run_job(client, "compute")
+        api.script([step, {"text": "Done."}])
+        approved, approved_blocks = run_job(client, "compute", allowed_tools=["Bash(awk:*)"])
+    assert denied["status"] == approved["status"] == "completed", approved
+    (denial,) = denied["permission_denials"]
+    assert denial["tool_name"] == "Bash" and denial["tool_input"]["command"] == command
+    assert tool_results(denied_blocks)[0]["is_error"] is True
+    assert approved["permission_denials"] == []
+    assert tool_results(approved_blocks)[0]["content"] == "42"
+
+
+@pytest.mark.timeout(60)
+def test_append_system_prompt_reaches_the_system_prompt(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    for_the_job = f"Marker {uuid.uuid4().hex}: answer in Latin."
+    for_the_chat = f"Marker {uuid.uuid4().hex}: answer in Greek."
+    api.script([{"text": "ok"}])
+    with served[0].client() as client:
+        job, _ = run_job(client, "hi", append_system_prompt=for_the_job)
+        answer = ask(client, "hi", append_system_prompt=for_the_chat)
+    assert job["status"] == "completed", job
+    assert answer.status_code == 200, answer.text
+    job_request, chat_request = api.message_requests
+    assert any(for_the_job in text for text in system_texts(job_request))
+    assert any(for_the_chat in text for text in system_texts(chat_request))
+    assert not any(for_the_job in text for text in user_texts(job_request))
+
+
+@pytest.mark.timeout(60)
+def test_max_turns_ends_the_run_when_the_agent_starts_one_turn_more(
+    served: tuple[Server, Path, Path], api: FakeAnthropic
+) -> None:
+    """The pinned CLI's --help lists no turn limit, so the service counts the
+    model turns in the stream and ends the run when one more begins (that
+    model call has been made: the limit bounds the spend, one turn late)."""
+    server, workspace, _ = served
+    script = [
+        {"tool_use": {"name": "Read", "input": {"file_path": str(workspace / "README")}}},
+        {"text": "Done."},
+    ]
+    with server.client() as client:
+        api.script(script)
+        enough, _ = run_job(client, "read the README", max_turns=2)
+        assert len(api.message_requests) == 2
+        api.script(script)
+        limited, blocks = run_job(client, "read the README", max_turns=1)
+        api.script(script)
+        answer = ask(client, "read the README", max_turns=1)
+    assert enough["status"] == "completed" and enough["result"] == "Done.", enough
+    assert limited["status"] == "failed", limited
+    assert limited["error"] == "the run reached max_turns (1); it was ended"
+    assert limited["max_turns"] == 1
+    assert "one" in str(tool_results(blocks)[0]["content"])  # the allowed turn's tool ran
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "the run reached max_turns (1); it was ended"
