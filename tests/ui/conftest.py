@@ -33,12 +33,14 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 @dataclass
 class Dashboard:
-    """A service with GIT_PUSH on a local remote, two slots, and a gate directory:
-    runs whose prompt says `@fake:wait_for=<gate>/NAME` wait until NAME exists."""
+    """A service with GIT_PUSH on a local remote (a bare repository at `remote`),
+    two slots, and a gate directory: runs whose prompt says
+    `@fake:wait_for=<gate>/NAME` wait until NAME exists."""
 
     server: Server
     gate: Path
     tokens_file: Path
+    remote: Path
     held: set[str] = field(default_factory=set)
 
     @property
@@ -88,7 +90,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     root = tmp_path_factory.mktemp("ui")
     env, gate, tokens_file = dashboard_env(root)
     server = start_server(env, root / "server.log")
-    yield Dashboard(server, gate, tokens_file)
+    yield Dashboard(server, gate, tokens_file, Path(env["GIT_REPO_URL"]))
     server.stop()
 
 
